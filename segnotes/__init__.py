@@ -1,0 +1,68 @@
+"""segnotes: the companion package of the segnotes book.
+
+Every chapter starts with ``device = segnotes.setup()``, which makes the chapter's
+numbers reproducible (seeds, thread count) and picks the device. The modules are
+named after what they teach:
+
+=================  ==========================================================
+``encoders``       chapter 1: the SMP ``out_channels`` convention, ``get_encoder``
+``unet``           chapter 2: MobileNetV2 skips and the UNet decoders
+``upsample``       chapter 3: interpolation and learnable upsamplers
+``mit``            chapter 4: the Mix Transformer encoder
+``segformer``      chapter 5: the all-MLP decoder and SegFormer
+``vit_seg``        chapter 6: a plain ViT turned into a segmentation model
+``compare``        chapter 7: model cards and effective receptive fields
+``data``           synthetic shapes, bundled photos and real nuclei
+``train``          ``fit`` / ``evaluate`` with confusion-matrix metrics
+``viz``            image/mask grids, feature maps, training curves
+``inspect``        ``trace``: every stage's shape, stride and channels
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["setup", "__version__"]
+__version__ = "0.1.0"
+
+
+def setup(seed: int = 0, threads: int | None = 2, figure_dpi: int = 72) -> torch.device:
+    """Make a chapter reproducible and return the device to run it on.
+
+    Seeds Python, NumPy and torch, fixes torch's intra-op thread count (results of
+    float reductions depend on it), asks cuDNN for deterministic kernels, and sets a
+    modest figure resolution so notebooks stay small.
+
+    Args:
+        seed: seed for ``random``, ``numpy`` and ``torch`` (all devices).
+        threads: torch CPU threads; ``None`` keeps torch's default. The book's
+            stored outputs are produced with 2 (CI machines have 2 cores).
+        figure_dpi: matplotlib's inline figure resolution.
+
+    Returns:
+        ``cuda`` when a GPU is present (Colab), otherwise ``cpu``.
+
+    Example:
+        >>> device = setup()
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads}")
+        torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+    import matplotlib
+
+    matplotlib.rcParams["figure.dpi"] = figure_dpi
+    matplotlib.rcParams["savefig.dpi"] = figure_dpi
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,167 @@
+"""Data for every chapter, all offline.
+
+* :class:`Shapes`: a deterministic synthetic segmentation dataset. Discs, rings,
+  squares and triangles of random size, rotation, colour and texture are painted on
+  textured, noisy backgrounds and may occlude each other. Colour says nothing about
+  the class (shapes and background draw colours from the same distribution), so a
+  model has to use shape and context: a ring differs from a disc only by the hole in
+  the middle, a square from a triangle only by its corners. That is what makes the
+  choice of encoder and decoder matter.
+* :func:`load_photo`: real photos bundled with scikit-image, for visual demos.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["CLASS_NAMES", "PALETTE", "Shapes", "shapes_splits", "render_shapes", "PHOTOS", "load_photo", "photo_tensor"]
+
+CLASS_NAMES: tuple[str, ...] = ("background", "disc", "ring", "square", "triangle")
+# One RGB colour per class (uint8), used by every mask plot in the book.
+PALETTE = np.array(
+    [[20, 20, 20], [230, 25, 75], [60, 180, 75], [255, 200, 25], [0, 130, 200]], dtype=np.uint8
+)
+
+
+def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """A random colour modulated by stripes and a smooth blotch, (H, W, 3) in [0, 1]."""
+    base = rng.uniform(0.15, 0.85, size=3)
+    angle, freq = rng.uniform(0, np.pi), rng.uniform(0.15, 0.6)
+    stripes = np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 2 * np.pi))
+    cy, cx, s = rng.uniform(0, yy.shape[0]), rng.uniform(0, xx.shape[1]), rng.uniform(0.3, 1.0) * yy.shape[0]
+    blotch = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s**2))
+    amp = rng.uniform(0.05, 0.2)
+    tex = base + amp * stripes[..., None] + 0.2 * (blotch[..., None] - 0.5) * rng.uniform(-1, 1, size=3)
+    return np.clip(tex, 0, 1)
+
+
+def _shape_mask(kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    """Boolean (H, W) mask of one shape of class ``kind`` (1 disc, 2 ring, 3 square, 4 triangle)."""
+    r = rng.uniform(0.12, 0.3) * size
+    cy, cx = rng.uniform(0.1, 0.9, size=2) * size
+    dy, dx = yy - cy, xx - cx
+    theta = rng.uniform(0, 2 * np.pi)
+    if kind == 1:
+        return dy**2 + dx**2 <= r**2
+    if kind == 2:
+        d2 = dy**2 + dx**2
+        return (d2 <= r**2) & (d2 >= (rng.uniform(0.45, 0.65) * r) ** 2)
+    if kind == 3:
+        u = np.cos(theta) * dx + np.sin(theta) * dy
+        v = -np.sin(theta) * dx + np.cos(theta) * dy
+        half = r / np.sqrt(2)  # same circumradius as the other shapes
+        return (np.abs(u) <= half) & (np.abs(v) <= half)
+    # Regular triangle with circumradius r: inside all three edges at distance r/2 from the centre.
+    inside = np.ones_like(yy, dtype=bool)
+    for k in range(3):
+        a = theta + 2 * np.pi * k / 3
+        inside &= np.cos(a) * dx + np.sin(a) * dy <= r / 2
+    return inside
+
+
+def render_shapes(
+    rng: np.random.Generator, size: int = 64, max_shapes: int = 4, noise: float = 0.08
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one synthetic sample.
+
+    Args:
+        rng: the generator that decides everything about the sample.
+        size: image height and width in pixels (any size >= 16).
+        max_shapes: at most this many shapes (at least one), later ones occlude earlier ones.
+        noise: standard deviation of the Gaussian pixel noise.
+
+    Returns:
+        ``image`` (H, W, 3) float32 in [0, 1] and ``mask`` (H, W) int64 of class indices.
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    image = _texture(rng, yy, xx)
+    mask = np.zeros((size, size), dtype=np.int64)
+    for _ in range(rng.integers(1, max_shapes + 1)):
+        kind = int(rng.integers(1, len(CLASS_NAMES)))
+        m = _shape_mask(kind, rng, yy, xx, size)
+        image[m] = _texture(rng, yy, xx)[m]
+        mask[m] = kind
+    image = image + rng.normal(0, noise, size=image.shape)
+    return np.clip(image, 0, 1).astype(np.float32), mask
+
+
+class Shapes(Dataset):
+    """The book's synthetic segmentation dataset: ``len(CLASS_NAMES)`` classes, any image size.
+
+    Samples are generated once, in ``__init__``, from ``(seed, index)``: the same
+    arguments give the same tensors on every machine.
+
+    Args:
+        n: number of samples.
+        size: image height and width.
+        seed: dataset seed; use different seeds for different splits.
+        max_shapes: at most this many shapes per image.
+        noise: Gaussian noise standard deviation.
+
+    Returns (per item):
+        ``image`` (3, size, size) float32 in [0, 1] and ``mask`` (size, size) int64.
+
+    Example:
+        >>> image, mask = Shapes(8, size=64)[0]
+    """
+
+    class_names = CLASS_NAMES
+    palette = PALETTE
+
+    def __init__(self, n: int, size: int = 64, seed: int = 0, max_shapes: int = 4, noise: float = 0.08):
+        if n < 1 or size < 16:
+            raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
+        images, masks = zip(*(render_shapes(np.random.default_rng([seed, i]), size, max_shapes, noise) for i in range(n)))
+        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+        self.masks = torch.from_numpy(np.stack(masks))  # (N, H, W)
+        self.num_classes = len(CLASS_NAMES)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.masks[i]
+
+    def class_frequencies(self) -> torch.Tensor:
+        """Fraction of pixels of each class, shape (num_classes,)."""
+        return torch.bincount(self.masks.flatten(), minlength=self.num_classes).float() / self.masks.numel()
+
+
+def shapes_splits(n_train: int = 512, n_val: int = 128, size: int = 64, seed: int = 0, **kwargs) -> tuple[Shapes, Shapes]:
+    """Train and validation :class:`Shapes` with disjoint seeds (no sample is in both)."""
+    return Shapes(n_train, size, seed=2 * seed, **kwargs), Shapes(n_val, size, seed=2 * seed + 1, **kwargs)
+
+
+# Photos that scikit-image ships inside its wheel (no download needed).
+PHOTOS: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def load_photo(name: str = "astronaut", size: int | None = None) -> np.ndarray:
+    """A real RGB photo bundled with scikit-image.
+
+    Args:
+        name: one of :data:`PHOTOS`.
+        size: if given, center-crop to a square and resize to ``size`` x ``size``.
+
+    Returns:
+        (H, W, 3) float32 array in [0, 1].
+    """
+    if name not in PHOTOS:
+        raise ValueError(f"unknown photo {name!r}; choose one of {PHOTOS}")
+    import skimage.data
+    from skimage.transform import resize
+
+    image = getattr(skimage.data, name)()[..., :3].astype(np.float32) / 255.0
+    if size is not None:
+        h, w = image.shape[:2]
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        image = resize(image[top : top + s, left : left + s], (size, size), anti_aliasing=True).astype(np.float32)
+    return image
+
+
+def photo_tensor(name: str = "astronaut", size: int = 224) -> torch.Tensor:
+    """:func:`load_photo` as a (1, 3, size, size) tensor in [0, 1]."""
+    return torch.from_numpy(load_photo(name, size)).permute(2, 0, 1)[None].contiguous()

@@ -1,0 +1,277 @@
+"""Chapter 1: encoder ``out_channels`` conventions.
+
+segmentation_models.pytorch (SMP) gives every encoder the same interface: a list of
+``depth + 1`` feature maps at strides 1, 2, 4, 8, 16, 32 (the input itself first),
+and ``out_channels`` with one entry per map. CNNs (ResNet, MobileNetV2) produce a
+stride-2 map; transformer-style encoders (ConvNeXt, MiT, Swin, PVTv2) start with a
+stride-4 patch embedding, so SMP puts an empty 0-channel placeholder at stride 2,
+e.g. ``[3, 0, 96, 192, 384, 768]`` for ConvNeXt-Tiny. Index ``i`` of the list then
+always means stride ``2**i``, and one decoder serves every encoder.
+
+This module is the one place in segnotes where the placeholder is made:
+:class:`Encoder` adapts any *backbone* (a module returning a feature pyramid and
+declaring its ``feature_channels`` and ``feature_strides``) to the convention.
+:func:`get_encoder` builds one from a timm model name or from an encoder the book
+defines itself (registered with :func:`register_encoder`). :class:`FusedEncoder`
+shows how two encoders of different styles combine stage by stage.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CNN_STRIDES",
+    "TRANSFORMER_STRIDES",
+    "Encoder",
+    "TimmBackbone",
+    "FusedEncoder",
+    "get_encoder",
+    "register_encoder",
+    "list_encoders",
+    "encoder_style",
+    "pad_to_multiple",
+]
+
+CNN_STRIDES = (2, 4, 8, 16, 32)  # ResNet, MobileNetV2, EfficientNet: a stride-2 stem stage first
+TRANSFORMER_STRIDES = (4, 8, 16, 32)  # ConvNeXt, MiT, Swin, PVTv2: a stride-4 patch embedding first
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_encoder(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a factory ``f(in_channels=3, **kwargs) -> backbone`` under ``name``.
+
+    The backbone's ``forward`` returns its feature maps (B, C_i, H / s_i, W / s_i) and
+    it declares ``feature_channels`` (C_i) and ``feature_strides`` (s_i).
+    """
+
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_encoders() -> list[str]:
+    """Names of the book's own encoders (any timm model name works as well)."""
+    return sorted(_REGISTRY)
+
+
+def encoder_style(strides: Sequence[int]) -> str:
+    """``"cnn"`` for strides (2, 4, ...), ``"transformer"`` for (4, 8, ...).
+
+    Raises:
+        ValueError: for any other pattern, naming the pattern found and the supported ones.
+    """
+    strides = tuple(int(s) for s in strides)
+    for style, pattern in (("cnn", CNN_STRIDES), ("transformer", TRANSFORMER_STRIDES)):
+        if len(strides) > 0 and strides == pattern[: len(strides)]:
+            return style
+    raise ValueError(
+        f"unsupported feature strides {strides}: supported are the CNN pattern {CNN_STRIDES} "
+        f"and the transformer pattern {TRANSFORMER_STRIDES} (or a prefix of either)"
+    )
+
+
+class TimmBackbone(nn.Module):
+    """A timm ``features_only`` model that declares its pyramid like the book's own encoders.
+
+    Args:
+        name: a timm model name, e.g. ``"convnext_tiny"``.
+        in_channels: input channels.
+        num_features: keep the first this many feature maps.
+        pretrained: load timm's pretrained weights (needs the network or a local cache).
+    """
+
+    def __init__(self, name: str, in_channels: int = 3, num_features: int | None = None, pretrained: bool = False):
+        super().__init__()
+        import timm
+
+        kwargs = {} if num_features is None else {"out_indices": tuple(range(num_features))}
+        self.model = timm.create_model(name, features_only=True, pretrained=pretrained, in_chans=in_channels, **kwargs)
+        self.feature_channels: list[int] = list(self.model.feature_info.channels())
+        self.feature_strides: list[int] = list(self.model.feature_info.reduction())
+        self._channels_last = getattr(self.model, "output_fmt", "NCHW") == "NHWC"  # e.g. Swin
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = self.model(x)
+        if self._channels_last:
+            features = [f.permute(0, 3, 1, 2) for f in features]  # (B, H, W, C) -> (B, C, H, W)
+        return list(features)
+
+
+class Encoder(nn.Module):
+    """Adapts a backbone to the SMP convention: ``depth + 1`` maps at strides 1, 2, ..., 2**depth.
+
+    Entry 0 is the input itself. For a transformer-style backbone, entry 1 is an empty
+    (B, 0, H/2, W/2) placeholder, so index ``i`` always means stride ``2**i``.
+
+    Args:
+        backbone: module with ``feature_channels``, ``feature_strides`` and a forward
+            returning the list of feature maps.
+        in_channels: channels of the input image.
+        depth: number of downsampling stages to return, 1..5.
+
+    Attributes:
+        out_channels: ``depth + 1`` channel counts, e.g. ``[3, 0, 96, 192, 384, 768]``.
+        strides: ``[1, 2, 4, ...]``, ``depth + 1`` entries.
+        style: ``"cnn"`` or ``"transformer"``.
+
+    Example:
+        >>> enc = get_encoder("convnext_tiny")
+        >>> [f.shape[1] for f in enc(torch.randn(1, 3, 64, 64))]
+        [3, 0, 96, 192, 384, 768]
+    """
+
+    def __init__(self, backbone: nn.Module, in_channels: int = 3, depth: int = 5):
+        super().__init__()
+        if not 1 <= depth <= 5:
+            raise ValueError(f"depth must be in 1..5, got {depth}")
+        self.style = encoder_style(backbone.feature_strides)
+        self._num_real = depth if self.style == "cnn" else depth - 1
+        if self._num_real < 1 or len(backbone.feature_strides) < self._num_real:
+            raise ValueError(
+                f"depth={depth} needs {self._num_real} feature maps from this {self.style}-style backbone, "
+                f"which has {len(backbone.feature_strides)}; choose depth in "
+                f"{2 if self.style == 'transformer' else 1}..{len(backbone.feature_strides) + (self.style == 'transformer')}"
+            )
+        self.backbone = backbone
+        self.in_channels = in_channels
+        self.depth = depth
+        placeholder = [0] if self.style == "transformer" else []
+        self.out_channels: list[int] = [in_channels, *placeholder, *backbone.feature_channels[: self._num_real]]
+        self.strides: list[int] = [2**i for i in range(depth + 1)]
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of the deepest feature map: inputs must be a multiple of it."""
+        return self.strides[-1]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` saying how to fix ``x`` if it is not (B, in_channels, H, W) with H, W divisible."""
+        if x.ndim != 4:
+            raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(x.shape)}; add a batch dimension with x[None]")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+        h, w = x.shape[-2:]
+        s = self.output_stride
+        if h % s or w % s:
+            raise ValueError(
+                f"input size {h}x{w} is not divisible by the encoder's output stride {s}; pad it to "
+                f"{math.ceil(h / s) * s}x{math.ceil(w / s) * s}, e.g. with segnotes.encoders.pad_to_multiple(x, {s})"
+            )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) -> ``depth + 1`` maps, map ``i`` of shape (B, out_channels[i], H / 2**i, W / 2**i)."""
+        self.check_input(x)
+        B, _, H, W = x.shape
+        features = self.backbone(x)[: self._num_real]
+        if self.style == "transformer":
+            placeholder = x.new_empty(B, 0, H // 2, W // 2)  # no stride-2 stage: keep index = log2(stride)
+            features = [placeholder, *features]
+        return [x, *features]
+
+
+def get_encoder(name: str, in_channels: int = 3, depth: int = 5, pretrained: bool = False, **kwargs) -> Encoder:
+    """Build an SMP-convention encoder from a timm model name or a book encoder name.
+
+    Args:
+        name: a name from :func:`list_encoders` (the book's own encoders, e.g. ``"mit_b0"``)
+            or any timm model that supports ``features_only`` (``"resnet18"``,
+            ``"mobilenetv2_100"``, ``"convnext_tiny"``, ``"pvt_v2_b0"``, ...).
+        in_channels: input channels.
+        depth: number of downsampling stages, 1..5 (5 gives strides up to 32).
+        pretrained: load pretrained weights (network or local cache needed).
+        **kwargs: passed to a book encoder's factory.
+
+    Returns:
+        An :class:`Encoder` with ``out_channels`` and ``strides``.
+
+    Raises:
+        ValueError: unknown name (with close matches), unsupported stride pattern, bad depth.
+
+    Example:
+        >>> get_encoder("mobilenetv2_100").out_channels
+        [3, 16, 24, 32, 96, 320]
+    """
+    if name in _REGISTRY:
+        return Encoder(_REGISTRY[name](in_channels=in_channels, pretrained=pretrained, **kwargs), in_channels, depth)
+    import timm
+
+    if name not in timm.list_models():
+        candidates = list(_REGISTRY) + timm.list_models()
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see segnotes.encoders.list_encoders() and timm.list_models()"
+        raise ValueError(f"unknown encoder {name!r}{hint}")
+    with torch.device("meta"):  # read the pyramid without allocating weights
+        probe = timm.create_model(name, features_only=True)
+    style = encoder_style(probe.feature_info.reduction())
+    num_features = depth if style == "cnn" else depth - 1
+    if num_features < 1:
+        raise ValueError(f"{name} is transformer-style (first stride 4): depth must be at least 2, got {depth}")
+    return Encoder(TimmBackbone(name, in_channels, num_features, pretrained), in_channels, depth)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad (B, C, H, W) on the bottom and right to multiples of ``multiple``.
+
+    Returns:
+        The padded batch and the original ``(H, W)``, to crop the prediction back with
+        ``y[..., :H, :W]``.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph)), (h, w)
+
+
+class FusedEncoder(nn.Module):
+    """Two encoders fused stage by stage into one SMP-convention feature list.
+
+    Stage ``i`` of the result is ``conv1x1(cat(a[i], b[i]))``. Because both encoders
+    follow the convention, stage ``i`` has the same spatial size in both, and a
+    0-channel placeholder concatenates like any other map: a CNN + transformer pair
+    gets its stride-2 stage from the CNN alone, and a stage that is empty in both
+    stays an empty placeholder (no convolution is built for it).
+
+    Args:
+        a, b: encoders with the same ``in_channels`` and ``depth``.
+        out_channels: channels per stage after fusion; default: ``a``'s, or ``b``'s where ``a`` has 0.
+
+    Example:
+        >>> fused = FusedEncoder(get_encoder("mobilenetv2_100"), get_encoder("convnext_tiny"))
+        >>> fused.out_channels
+        [3, 16, 24, 32, 96, 320]
+    """
+
+    def __init__(self, a: Encoder, b: Encoder, out_channels: Sequence[int] | None = None):
+        super().__init__()
+        if a.strides != b.strides or a.in_channels != b.in_channels:
+            raise ValueError(
+                f"cannot fuse encoders with strides {a.strides} / {b.strides} and in_channels "
+                f"{a.in_channels} / {b.in_channels}: build both with the same depth and in_channels"
+            )
+        default = [ca or cb for ca, cb in zip(a.out_channels, b.out_channels)]
+        out_channels = list(default if out_channels is None else out_channels)
+        if len(out_channels) != len(default) or out_channels[0] != a.in_channels:
+            raise ValueError(f"out_channels must have {len(default)} entries starting with {a.in_channels}, got {out_channels}")
+        self.a, self.b = a, b
+        self.in_channels, self.strides, self.out_channels = a.in_channels, a.strides, out_channels
+        self.proj = nn.ModuleList(
+            nn.Identity() if ca + cb == 0 else nn.Conv2d(ca + cb, co, kernel_size=1)
+            for ca, cb, co in zip(a.out_channels[1:], b.out_channels[1:], out_channels[1:])
+        )
+        for ca, cb, co in zip(a.out_channels[1:], b.out_channels[1:], out_channels[1:]):
+            if ca + cb == 0 and co != 0:
+                raise ValueError(f"a stage that is empty in both encoders must stay empty, got out_channels {out_channels}")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) -> ``depth + 1`` maps with ``self.out_channels`` channels."""
+        fa, fb = self.a(x), self.b(x)
+        return [x] + [proj(torch.cat([ma, mb], dim=1)) for proj, ma, mb in zip(self.proj, fa[1:], fb[1:])]

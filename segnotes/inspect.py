@@ -1,0 +1,131 @@
+"""``trace``: where does a network change resolution?
+
+:func:`trace` runs a model once with forward hooks on its named submodules and
+records every output's shape, its stride relative to the input and its channel
+count. Chapters use it to find a CNN's downsampling points (where UNet skips are
+taken) and to show a transformer's token grid at each stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["Stage", "Trace", "trace"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One traced submodule: its name, output shape, stride and channel count."""
+
+    name: str
+    shape: tuple[int, ...]
+    stride: int | None  # input height / output height for 4-D (B, C, H, W) outputs, else None
+    channels: int
+
+
+@dataclass
+class Trace:
+    """The table returned by :func:`trace`; prints as text, indexes like a list of :class:`Stage`."""
+
+    stages: list[Stage] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __getitem__(self, i: int) -> Stage:
+        return self.stages[i]
+
+    def __iter__(self):
+        return iter(self.stages)
+
+    def downsampling_points(self) -> list[Stage]:
+        """For each stride reached, the last stage *before* the next stride increase.
+
+        These are the places a UNet taps its skips: the highest-level feature map at
+        each resolution, right before the network halves the resolution again.
+        """
+        points: list[Stage] = []
+        spatial = [s for s in self.stages if s.stride is not None]
+        for prev, nxt in zip(spatial, spatial[1:] + [None]):
+            if nxt is None or nxt.stride > prev.stride:
+                points.append(prev)
+        return points
+
+    def __str__(self) -> str:
+        rows = [("name", "shape", "stride", "channels")]
+        rows += [(s.name, "x".join(map(str, s.shape)), "-" if s.stride is None else str(s.stride), str(s.channels)) for s in self.stages]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def trace(model: nn.Module, x: torch.Tensor, depth: int | None = 1, leaves: bool = False) -> Trace:
+    """Run ``model(x)`` once and tabulate every named submodule's output.
+
+    Args:
+        model: any ``nn.Module``; it is run in eval mode under ``torch.no_grad`` and
+            put back in its previous mode afterwards.
+        x: a (B, C, H, W) input batch.
+        depth: trace submodules whose dotted name has at most this many parts
+            (``1``: direct children only, ``2``: their children too). ``None``: all.
+        leaves: trace only modules without children (overrides ``depth``).
+
+    Returns:
+        A :class:`Trace`: one row per traced module in execution order, with the output
+        shape, the stride ``H_in / H_out`` (for 4-D outputs; ``None`` otherwise, e.g. tokens)
+        and the channel count (dim 1 of 4-D outputs, the last dim otherwise). Modules
+        returning several tensors get one row per tensor, named ``name[i]``.
+
+    Example:
+        >>> t = trace(torchvision.models.mobilenet_v2().features, torch.randn(1, 3, 224, 224))
+        >>> print(t)  # doctest: +SKIP
+    """
+    if x.ndim != 4:
+        raise ValueError(f"trace expects a (B, C, H, W) input, got shape {tuple(x.shape)}")
+    H = x.shape[-2]
+    stages: list[Stage] = []
+
+    def record(name: str, out: torch.Tensor) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
+        if out.ndim == 4:
+            stride = H // out.shape[-2] if out.shape[-2] else None
+            stages.append(Stage(name, tuple(out.shape), stride, out.shape[1]))
+        else:
+            stages.append(Stage(name, tuple(out.shape), None, out.shape[-1] if out.ndim else 1))
+
+    def hook(name: str):
+        def fn(_module, _inputs, out):
+            if isinstance(out, (list, tuple)):
+                for i, o in enumerate(out):
+                    record(f"{name}[{i}]", o)
+            else:
+                record(name, out)
+
+        return fn
+
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if leaves:
+            if any(True for _ in module.children()):
+                continue
+        elif depth is not None and name.count(".") + 1 > depth:
+            continue
+        handles.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return Trace(stages)
