@@ -19,6 +19,8 @@ shows how two encoders of different styles combine stage by stage.
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
 
@@ -43,6 +45,14 @@ CNN_STRIDES = (2, 4, 8, 16, 32)  # ResNet, MobileNetV2, EfficientNet: a stride-2
 TRANSFORMER_STRIDES = (4, 8, 16, 32)  # ConvNeXt, MiT, Swin, PVTv2: a stride-4 patch embedding first
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# Modules of the book that register encoders; imported on the first lookup by name.
+_BOOK_ENCODER_MODULES = ("segnotes.unet", "segnotes.mit", "segnotes.vit_seg")
+
+
+def _import_book_encoders() -> None:
+    for module in _BOOK_ENCODER_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def register_encoder(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -61,6 +71,7 @@ def register_encoder(name: str) -> Callable[[Callable[..., nn.Module]], Callable
 
 def list_encoders() -> list[str]:
     """Names of the book's own encoders (any timm model name works as well)."""
+    _import_book_encoders()
     return sorted(_REGISTRY)
 
 
@@ -201,6 +212,9 @@ def get_encoder(name: str, in_channels: int = 3, depth: int = 5, pretrained: boo
         >>> get_encoder("mobilenetv2_100").out_channels
         [3, 16, 24, 32, 96, 320]
     """
+    if not 1 <= depth <= 5:
+        raise ValueError(f"depth must be in 1..5, got {depth}")
+    _import_book_encoders()
     if name in _REGISTRY:
         return Encoder(_REGISTRY[name](in_channels=in_channels, pretrained=pretrained, **kwargs), in_channels, depth)
     import timm
