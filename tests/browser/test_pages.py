@@ -37,9 +37,12 @@ def _require(condition: bool, why: str) -> None:
 @pytest.fixture(scope="module")
 def server():
     _require((HTML / "index.html").exists(), f"{HTML} is missing: build the book first (make strict-build)")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(HTML))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    handler.log_message = lambda *a, **k: None
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
