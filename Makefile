@@ -44,7 +44,7 @@ book: $(VENV)/.book
 test: unit nbval strict-build browser-check
 
 unit: $(VENV)/.test
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --ignore=tests/browser
 
 nbval: $(VENV)/.test
 	$(PY) -m pytest $(NBVAL) book -q
