@@ -380,6 +380,7 @@ def effective_receptive_field(
     batch_size: int = 8,
     select: Callable[[object], torch.Tensor] | None = None,
     seed: int = 0,
+    inputs: torch.Tensor | None = None,
 ) -> ReceptiveField:
     """The gradient-based effective receptive field of the centre output pixel.
 
@@ -398,6 +399,9 @@ def effective_receptive_field(
         select: picks the map from the model's output, e.g. ``lambda features: features[-1]``
             for an encoder returning a feature list; default: the output itself.
         seed: seed of the random inputs.
+        inputs: (N, C, H, W) images to average over instead of random inputs (a trained
+            model's gradients are more telling on the images it was trained for); then
+            ``n`` is ignored and ``input_size`` must match.
 
     Returns:
         A :class:`ReceptiveField` with the (H, W) map and its 90% radius.
@@ -416,13 +420,18 @@ def effective_receptive_field(
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
     C, H, W = (int(s) for s in input_size)
+    if inputs is not None:
+        if inputs.ndim != 4 or tuple(inputs.shape[1:]) != (C, H, W) or len(inputs) == 0:
+            raise ValueError(f"inputs must be (N, {C}, {H}, {W}) with N >= 1 to match input_size, got {tuple(inputs.shape)}")
+        n = len(inputs)
     device = _device_of(model)
     generator = torch.Generator().manual_seed(seed)
     total = torch.zeros(H, W, dtype=torch.float64)
     with _eval_mode(model), torch.enable_grad():
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            x = torch.rand(b, C, H, W, generator=generator).to(device).requires_grad_(True)
+            x = torch.rand(b, C, H, W, generator=generator) if inputs is None else inputs[start : start + b].detach().float()
+            x = x.to(device).requires_grad_(True)  # (b, C, H, W)
             out = model(x)
             y = select(out) if select is not None else out
             if not isinstance(y, torch.Tensor) or y.ndim != 4 or y.shape[0] != b:

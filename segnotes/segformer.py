@@ -132,15 +132,18 @@ class AllMLPDecoder(nn.Module):
         out = None
         for f, (weight, _) in zip(features, weights):
             h, w = f.shape[-2:]
-            x = F.linear(rearrange(f, "b c h w -> b (h w) c"), weight)  # (B, h*w, dim), at the stage's own resolution
+            x = F.linear(rearrange(f, "b c h w -> b (h w) c"), weight, bias if out is None else None)  # (B, h*w, dim)
             x = _resize(rearrange(x, "b (h w) c -> b c h w", h=h, w=w), size)  # (B, dim, H/4, W/4)
-            out = x if out is None else out + x
-        return out + bias[:, None, None]
+            out = x if out is None else out.add_(x)  # in place: no extra 1/4-resolution buffer
+        return out
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self.mix_folded(features) if self.fold else self.mix(features)
-        x = self.dropout(F.relu(self.norm(x)))
-        return self.classifier(x)  # (B, num_classes, H/4, W/4)
+        x = self.dropout(F.relu(self.norm(x), inplace=True))
+        # The 1x1 classifier as a matmul over channels-last tokens: same weights, faster than conv2d on CPU.
+        weight = self.classifier.weight[:, :, 0, 0]  # (num_classes, dim)
+        x = F.linear(rearrange(x, "b c h w -> b h w c"), weight, self.classifier.bias)  # (B, H/4, W/4, num_classes)
+        return rearrange(x, "b h w k -> b k h w")  # (B, num_classes, H/4, W/4)
 
 
 class SegFormer(nn.Module):

@@ -65,8 +65,8 @@ HeadKind = Literal["linear", "pup", "mla", "pyramid_unet"]
 
 # timm VisionTransformer keyword arguments. Parameter counts are for num_classes=1000 (tests check them).
 VIT_PRESETS: dict[str, dict] = {
-    # The book's CPU-sized ViT: 64x64 images -> an 8x8 token grid, trains in seconds (0.57M params).
-    "book": dict(patch_size=8, embed_dim=96, depth=4, num_heads=3, img_size=64),
+    # The book's CPU-sized ViT: 32x32 images -> an 8x8 token grid, trains in seconds on a CPU (0.27M params).
+    "book": dict(patch_size=4, embed_dim=64, depth=4, num_heads=2, img_size=32),
     # = timm's vit_tiny_patch16_224 (5.72M params)
     "tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, img_size=224),
     # = timm's vit_small_patch16_224 (22.05M params)
@@ -208,8 +208,8 @@ def attention_weights(vit: nn.Module, x: torch.Tensor, block: int = -1) -> torch
         distributes its attention (each row sums to 1). Row 0 is the CLS token's.
 
     Example:
-        >>> attention_weights(create_vit(), torch.randn(1, 3, 64, 64)).shape
-        torch.Size([1, 3, 65, 65])
+        >>> attention_weights(create_vit(), torch.randn(1, 3, 32, 32)).shape
+        torch.Size([1, 2, 65, 65])
     """
     check_patch_multiple(x, vit.patch_embed.patch_size[0])
     attn = vit.blocks[block].attn
@@ -394,7 +394,7 @@ class ViTPyramid(nn.Module):
 
     Example:
         >>> Encoder(ViTPyramid(create_vit())).out_channels
-        [3, 0, 24, 48, 96, 96]
+        [3, 0, 16, 32, 64, 64]
     """
 
     def __init__(
@@ -439,7 +439,7 @@ class UnetHead(nn.Module):
     """The book's UNet decoder over an SMP-convention feature list, then a 1x1 classifier.
 
     Args:
-        encoder_channels: the encoder's ``out_channels``, e.g. ``[3, 0, 24, 48, 96, 96]``.
+        encoder_channels: the encoder's ``out_channels``, e.g. ``[3, 0, 16, 32, 64, 64]``.
         num_classes: output classes K.
         decoder_channels: one width per decoder block, deepest first.
 

@@ -214,6 +214,15 @@ def test_erf_of_a_unet_and_an_encoder_feature_list():
     assert deepest.output_size == (8, 8) and deepest.centre == (35.5, 35.5)
 
 
+def test_erf_over_given_images():
+    conv = nn.Conv2d(3, 1, 3, padding=1)
+    images = torch.rand(5, 3, 16, 16)
+    erf = effective_receptive_field(conv, (3, 16, 16), inputs=images, batch_size=2)
+    assert (erf.map > 0).sum() == 9  # a linear layer: the gradient is the kernel, whatever the input
+    with pytest.raises(ValueError, match=r"inputs must be \(N, 3, 16, 16\)"):
+        effective_receptive_field(conv, (3, 16, 16), inputs=torch.rand(2, 3, 8, 8))
+
+
 def test_erf_errors():
     with pytest.raises(ValueError, match=r"input_size must be \(C, H, W\)"):
         effective_receptive_field(nn.Conv2d(3, 1, 1), (1, 3, 16, 16))

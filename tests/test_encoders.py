@@ -132,13 +132,22 @@ def test_unet_decoder_reads_out_channels(name):
 
 
 def test_without_placeholder_index_no_longer_means_stride():
-    """Dropping the placeholder shifts every stage by one index: features[3] is stride 16, not 8,
-    and a decoder that upsamples once per entry ends at half the input resolution."""
-    enc = get_encoder("convnext_tiny")
+    """Dropping the placeholder shifts every stage by one index: features[2] (SMP's DeepLabV3+
+    stride-4 skip) is stride 8, the default 5-block decoder no longer fits, and a 4-block
+    decoder skips the stride-2 level with one 4x jump."""
+    enc = get_encoder("convnext_tiny").eval()
     feats = [f for f in enc(torch.randn(1, 3, 64, 64)) if f.shape[1]]
-    assert 64 // feats[3].shape[-1] == 16
-    dec = UnetDecoder([c for c in enc.out_channels if c], decoder_channels=(256, 128, 64, 32))
-    assert dec(feats).shape[-2:] == (32, 32)
+    assert 64 // feats[2].shape[-1] == 8
+    channels = [c for c in enc.out_channels if c]
+    with pytest.raises(ValueError, match="decoder_channels"):
+        UnetDecoder(channels)
+    dec = UnetDecoder(channels, decoder_channels=(256, 128, 64, 32)).eval()
+    sizes = []
+    for block in dec.blocks:
+        block.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+    with torch.no_grad():
+        dec(feats)
+    assert sizes == [4, 8, 16, 64]
 
 
 def test_encoder_is_adapter_over_declared_pyramid():

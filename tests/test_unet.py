@@ -134,15 +134,16 @@ def test_every_mode_decodes_odd_sized_pyramids(mode, decoder):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_unet_every_mode_and_the_no_skip_ablation(mode):
-    x = torch.randn(1, 3, 64, 32)
-    assert Unet(classes=4, decoder_interpolation=mode)(x).shape == (1, 4, 64, 32)
-    ablation = Unet(classes=4, decoder_interpolation=mode, use_skips=False)
+    x, small = torch.randn(1, 3, 64, 32), (32, 16, 16, 8, 8)
+    model = Unet(classes=4, decoder_channels=small, decoder_interpolation=mode)
+    assert model(x).shape == (1, 4, 64, 32)
+    ablation = Unet(classes=4, decoder_channels=small, decoder_interpolation=mode, use_skips=False)
     assert ablation(x).shape == (1, 4, 64, 32)
-    skip_weights = 3 * 3 * (96 * 256 + 32 * 128 + 24 * 64 + 16 * 32)  # conv1 input channels the skips add
-    assert n_params(Unet(classes=4, decoder_interpolation=mode)) - n_params(ablation) == skip_weights
+    skip_weights = 3 * 3 * (96 * 32 + 32 * 16 + 24 * 16 + 16 * 8)  # conv1 input channels the skips add
+    assert n_params(model) - n_params(ablation) == skip_weights
 
 
-@pytest.mark.parametrize("name", ["resnet18", "convnext_atto", "mobilenetv2_100"])
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
 def test_any_get_encoder_name_works(name):
     x = torch.randn(1, 3, 64, 64)
     assert Unet(name, classes=2, decoder_channels=(32, 16, 16, 8, 8))(x).shape == (1, 2, 64, 64)

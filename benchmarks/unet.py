@@ -1,0 +1,79 @@
+"""UNet-MobileNetV2 inference latency: segnotes vs segmentation_models.pytorch (SMP).
+
+Same configuration (512x512, batch 1, CPU, 2 threads, 1 class, 3x3 head as SMP) and the
+same weights: SMP's state dict is loaded into segnotes' ``Unet`` through
+``convert_smp_state_dict``. Rows, timed in interleaved rounds in one process:
+
+* SMP eager, segnotes eager (outputs identical to SMP's, bit for bit);
+* segnotes ``fuse_for_inference`` (BatchNorm folded into the convolutions, channels_last):
+  outputs equal to SMP's up to float rounding (max abs difference printed);
+* one row per ``decoder_interpolation`` mode, all with the fused fast path.
+
+Run: ``.venv/bin/python benchmarks/unet.py`` (prints a markdown section).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import segmentation_models_pytorch as smp
+import torch
+
+from segnotes.unet import Unet, convert_smp_state_dict, fuse_for_inference
+from segnotes.upsample import MODES
+
+SIZE, ROUNDS, WARMUP, THREADS = 512, 7, 2, 2
+
+
+def _time(model: torch.nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(x)
+    return time.perf_counter() - start
+
+
+def run(rounds: int = ROUNDS) -> str:
+    """Time every variant in interleaved rounds and return a markdown section."""
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, SIZE, SIZE)
+    ref = smp.Unet("mobilenet_v2", encoder_weights=None, classes=1).eval()
+    ours = Unet("mobilenet_v2", classes=1, head_kernel_size=3).eval()
+    ours.load_state_dict(convert_smp_state_dict(ref.state_dict()), strict=True)
+    variants = {"SMP `Unet` (eager)": ref, "segnotes `Unet` (eager)": ours, "segnotes `fuse_for_inference`": fuse_for_inference(ours)}
+    for mode in MODES:
+        variants[f"segnotes fused, `decoder_interpolation={mode!r}`"] = fuse_for_inference(
+            Unet("mobilenet_v2", classes=1, head_kernel_size=3, decoder_interpolation=mode)
+        )
+    with torch.inference_mode():
+        y = ref(x)
+        same = torch.equal(ours(x), y)
+        fused_diff = (variants["segnotes `fuse_for_inference`"](x) - y).abs().max().item()
+        for model in variants.values():
+            for _ in range(WARMUP):
+                model(x)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, model in variants.items():
+                times[name].append(_time(model, x))
+    base = statistics.median(times["SMP `Unet` (eager)"])
+    rows = ["| model | median ms | vs SMP |", "| --- | ---: | ---: |"]
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append(f"| {name} | {1000 * med:.1f} | {med / base:.2f}x |")
+    return "\n".join(
+        [
+            "## UNet-MobileNetV2 (`benchmarks/unet.py`)",
+            "",
+            *rows,
+            "",
+            f"Outputs for SMP's weights: eager identical to SMP: {same}; fused max abs difference {fused_diff:.1e}. "
+            f"{SIZE}x{SIZE}, batch 1, {THREADS} threads, torch {torch.__version__}, {platform.machine()}, "
+            f"medians of {rounds} interleaved rounds after {WARMUP} warm-up runs, `torch.inference_mode`.",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    print(run())
