@@ -28,7 +28,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = [
     "ModelCard",
@@ -41,6 +41,7 @@ __all__ = [
     "model_card",
     "cards_table",
     "effective_receptive_field",
+    "show_receptive_fields",
 ]
 
 
@@ -81,14 +82,25 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one attention call: Q K^T and the weighted sum of V (2 per multiply-accumulate)."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode knows the GPU attention kernels but not the one F.scaled_dot_product_attention
+# runs on the CPU, which it would count as 0 FLOPs: every plain ViT would look free of attention.
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+
+
 def count_gflops(model: nn.Module, input_size: Sequence[int]) -> float:
     """GFLOPs of one forward pass in eval mode over a batch of ``input_size``.
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode``: 2 FLOPs per
     multiply-accumulate of every convolution, matrix multiplication and attention
-    product; element-wise operations, normalisation, softmax and interpolation are
-    not counted (they are cheap in FLOPs, though not always in time). Deterministic:
-    the same model and size give the same count on every machine.
+    product (including ``F.scaled_dot_product_attention`` on the CPU, which the
+    counter misses on its own); element-wise operations, normalisation, softmax and
+    interpolation are not counted (they are cheap in FLOPs, though not always in
+    time). Deterministic: the same model and size give the same count on every machine.
 
     Args:
         model: maps (B, C, H, W) to anything.
@@ -96,7 +108,7 @@ def count_gflops(model: nn.Module, input_size: Sequence[int]) -> float:
     """
     shape = _batch_shape(input_size)
     x = torch.rand(shape, device=_device_of(model))
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
     with _eval_mode(model), torch.no_grad(), counter:
         model(x)
     return counter.get_total_flops() / 1e9
@@ -448,3 +460,35 @@ def effective_receptive_field(
     erf_map = (total / total.sum()).float()
     centre = ((h // 2 + 0.5) * H / h - 0.5, (w // 2 + 0.5) * W / w - 0.5)
     return ReceptiveField(erf_map, centre, _mass_radius(erf_map, centre, 0.9), (int(h), int(w)))
+
+
+def show_receptive_fields(fields: Mapping[str, ReceptiveField], log: bool = True, size: float = 2.2, columns: int | None = None):
+    """One panel per receptive field, with the disc that holds 90% of its mass.
+
+    Args:
+        fields: ``{"title": ReceptiveField}``.
+        log: colour by log10 of the map (shows the faint far-away floor that a linear scale hides).
+        size: inches per panel.
+        columns: panels per row; default: all in one row.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    if not fields:
+        raise ValueError("fields is empty: pass {'title': ReceptiveField, ...}")
+    columns = columns or len(fields)
+    rows = math.ceil(len(fields) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows + 0.2), squeeze=False)
+    for ax in axes.flat[len(fields) :]:
+        ax.set_axis_off()
+    for ax, (title, field) in zip(axes.flat, fields.items()):
+        image = field.map.clamp(min=1e-12).log10() if log else field.map
+        ax.imshow(image.numpy(), cmap="magma", vmin=float(image.max()) - 4 if log else None)
+        ax.add_patch(Circle(field.centre[::-1], field.radius90, fill=False, color="cyan", lw=1))
+        ax.set_title(f"{title}\nr90 = {field.radius90:.0f} px", fontsize=8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig

@@ -86,6 +86,18 @@ def test_gflops_are_two_flops_per_multiply_accumulate():
     assert count_gflops(linear, (3, 8, 8)) == pytest.approx(2 * 192 * 10 / 1e9)
 
 
+def test_gflops_count_attention_on_the_cpu():
+    B, heads, N, d = 1, 2, 16 * 16, 32
+
+    class SDPA(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = rearrange(x, "b (n d) h w -> b n (h w) d", n=heads)  # (B, heads, N, d)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    # Q K^T and A V: N x N x d multiply-accumulates each, per head
+    assert count_gflops(SDPA(), (heads * d, 16, 16)) * 1e9 == 2 * 2 * B * heads * N * N * d
+
+
 def test_gflops_grow_with_the_image_and_the_decoder():
     model = TinyUnet()
     small, large = count_gflops(model, (3, 32, 32)), count_gflops(model, (3, 64, 64))
