@@ -261,14 +261,13 @@ class ViTBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_patch_multiple(x, self.patch_size)
         B, _, H, W = x.shape
+        with_prefix = self.num_prefix_tokens > 0  # timm returns (patches, prefix) pairs only when there is a prefix
         blocks = self.vit.forward_intermediates(
-            x, indices=self.indices, norm=self.norm, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
-        )  # [(patches (B, N, C), prefix (B, P, C)), ...]
+            x, indices=self.indices, norm=self.norm, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=with_prefix
+        )  # [(patches (B, N, C), prefix (B, P, C)), ...] or [patches (B, N, C), ...]
+        tokens = [torch.cat([b[1], b[0]], dim=1) if with_prefix else b for b in blocks]  # (B, P + N, C) each
         grid = (H // self.patch_size, W // self.patch_size)
-        return [
-            tokens_to_map(readout(torch.cat([prefix, patches], dim=1)), grid)  # (B, P + N, C) -> (B, C, h, w)
-            for readout, (patches, prefix) in zip(self.readouts, blocks)
-        ]
+        return [tokens_to_map(readout(t), grid) for readout, t in zip(self.readouts, tokens)]  # (B, C, h, w) each
 
 
 # --------------------------------------------------------------------------- heads

@@ -19,6 +19,7 @@ from segnotes.compare import (
     effective_receptive_field,
     model_card,
     peak_activation_memory,
+    show_receptive_fields,
 )
 from segnotes.encoders import get_encoder
 from segnotes.unet import UnetDecoder
@@ -244,3 +245,17 @@ def test_erf_errors():
         effective_receptive_field(get_encoder("resnet18", depth=2), (3, 16, 16), n=1)
     with pytest.raises(ValueError, match="does not depend on the input"):
         effective_receptive_field(Blind(), (3, 16, 16), n=1)
+
+
+def test_show_receptive_fields_draws_one_panel_per_field():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fields = {f"k{k}": effective_receptive_field(nn.Conv2d(3, 1, k, padding=k // 2), (3, 16, 16), n=1) for k in (1, 3, 5)}
+    fig = show_receptive_fields(fields, columns=2)
+    assert len(fig.axes) == 4 and fig.axes[0].get_title().startswith("k1")
+    plt.close(fig)
+    with pytest.raises(ValueError, match="fields is empty"):
+        show_receptive_fields({})

@@ -220,6 +220,13 @@ def test_heads_with_every_readout_and_registers(kind, readout):
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_vit_without_prefix_tokens(kind):
+    vit = tiny_vit(class_token=False, global_pool="avg")
+    assert vit.num_prefix_tokens == 0
+    assert build_segmenter(kind, vit, num_classes=3).eval()(torch.randn(1, 3, 64, 32)).shape == (1, 3, 64, 32)
+
+
 def test_head_modules_directly():
     features = [torch.randn(2, 48, 4, 6) for _ in range(4)]
     for head in (LinearHead(48, 5, 8), ProgressiveUpsamplingHead(48, 5, 8), MultiLevelHead(48, 5, 8)):
