@@ -318,3 +318,9 @@ def test_vit_pyramid_is_a_registered_encoder():
     assert encoder.out_channels == [3, 0, 12, 24, 48, 48]
     with pytest.raises(ValueError, match="model_name"):
         get_encoder("vit_pyramid", pretrained=True)
+
+
+def test_vit_pyramid_from_a_timm_name():
+    encoder = get_encoder("vit_pyramid", model_name="vit_tiny_patch16_224", readout="cat")
+    assert encoder.out_channels == [3, 0, 48, 96, 192, 192]
+    assert encoder.backbone.backbone.indices == [2, 5, 8, 11]
