@@ -47,7 +47,7 @@ unit: $(VENV)/.test
 	$(PY) -m pytest tests -q --ignore=tests/browser
 
 nbval: $(VENV)/.test
-	$(PY) -m pytest $(NBVAL) book -q
+	$(PY) -m pytest $(NBVAL) book -q --durations=0 --durations-min=20
 
 strict-build: $(VENV)/.test
 	rm -rf _build/html _build/.doctrees

@@ -165,3 +165,9 @@ def load_photo(name: str = "astronaut", size: int | None = None) -> np.ndarray:
 def photo_tensor(name: str = "astronaut", size: int = 224) -> torch.Tensor:
     """:func:`load_photo` as a (1, 3, size, size) tensor in [0, 1]."""
     return torch.from_numpy(load_photo(name, size)).permute(2, 0, 1)[None].contiguous()
+
+
+# Real microscopy data (chapter 7) lives in its own module; re-exported here so every loader is in segnotes.data.
+from .nuclei import NUCLEI_CLASS_NAMES, NUCLEI_PALETTE, NUCLEI_SOURCE, NucleiTiles, load_nuclei, nuclei_splits  # noqa: E402
+
+__all__ += ["NUCLEI_CLASS_NAMES", "NUCLEI_PALETTE", "NUCLEI_SOURCE", "NucleiTiles", "load_nuclei", "nuclei_splits"]
