@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["CLASS_NAMES", "PALETTE", "Shapes", "shapes_splits", "render_shapes", "PHOTOS", "load_photo", "photo_tensor"]
+__all__ = ["CLASS_NAMES", "PALETTE", "TensorSegmentation", "Shapes", "shapes_splits", "render_shapes", "PHOTOS", "load_photo", "photo_tensor"]
 
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "ring", "square", "triangle")
 # One RGB colour per class (uint8), used by every mask plot in the book.
@@ -87,7 +87,28 @@ def render_shapes(
     return np.clip(image, 0, 1).astype(np.float32), mask
 
 
-class Shapes(Dataset):
+class TensorSegmentation(Dataset):
+    """A segmentation dataset held in two tensors: ``images`` (N, 3, H, W) and ``masks`` (N, H, W).
+
+    Subclasses fill ``images``, ``masks`` and ``num_classes`` in ``__init__``.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.masks[i]
+
+    def class_frequencies(self) -> torch.Tensor:
+        """Fraction of pixels of each class, shape (num_classes,)."""
+        return torch.bincount(self.masks.flatten(), minlength=self.num_classes).float() / self.masks.numel()
+
+
+class Shapes(TensorSegmentation):
     """The book's synthetic segmentation dataset: ``len(CLASS_NAMES)`` classes, any image size.
 
     Samples are generated once, in ``__init__``, from ``(seed, index)``: the same
@@ -117,16 +138,6 @@ class Shapes(Dataset):
         self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
         self.masks = torch.from_numpy(np.stack(masks))  # (N, H, W)
         self.num_classes = len(CLASS_NAMES)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.masks[i]
-
-    def class_frequencies(self) -> torch.Tensor:
-        """Fraction of pixels of each class, shape (num_classes,)."""
-        return torch.bincount(self.masks.flatten(), minlength=self.num_classes).float() / self.masks.numel()
 
 
 def shapes_splits(n_train: int = 512, n_val: int = 128, size: int = 64, seed: int = 0, **kwargs) -> tuple[Shapes, Shapes]:
@@ -167,7 +178,15 @@ def photo_tensor(name: str = "astronaut", size: int = 224) -> torch.Tensor:
     return torch.from_numpy(load_photo(name, size)).permute(2, 0, 1)[None].contiguous()
 
 
-# Real microscopy data (chapter 7) lives in its own module; re-exported here so every loader is in segnotes.data.
-from .nuclei import NUCLEI_CLASS_NAMES, NUCLEI_PALETTE, NUCLEI_SOURCE, NucleiTiles, load_nuclei, nuclei_splits  # noqa: E402
 
-__all__ += ["NUCLEI_CLASS_NAMES", "NUCLEI_PALETTE", "NUCLEI_SOURCE", "NucleiTiles", "load_nuclei", "nuclei_splits"]
+# Chapter 7's real microscopy data lives in segnotes.nuclei; its names are served from here too.
+_NUCLEI_NAMES = ("NUCLEI_CLASS_NAMES", "NUCLEI_PALETTE", "NUCLEI_SOURCE", "NucleiTiles", "load_nuclei", "nuclei_splits")
+__all__ += list(_NUCLEI_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NUCLEI_NAMES:
+        from . import nuclei
+
+        return getattr(nuclei, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+
+from .data import TensorSegmentation
 
 __all__ = ["NUCLEI_CLASS_NAMES", "NUCLEI_PALETTE", "NUCLEI_SOURCE", "load_nuclei", "NucleiTiles", "nuclei_splits"]
 
@@ -89,7 +90,7 @@ def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.flip(-1) if k >= 4 else x
 
 
-class NucleiTiles(Dataset):
+class NucleiTiles(TensorSegmentation):
     """Square tiles of the nuclei image as a binary segmentation dataset.
 
     Args:
@@ -134,16 +135,6 @@ class NucleiTiles(Dataset):
         self.images = img[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, t, t)
         self.masks = lab.contiguous()  # (N, t, t)
         self.rows, self.tile, self.num_classes = (top, bottom), tile, len(NUCLEI_CLASS_NAMES)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.masks[i]
-
-    def class_frequencies(self) -> torch.Tensor:
-        """Fraction of background and nucleus pixels, shape (2,)."""
-        return torch.bincount(self.masks.flatten(), minlength=self.num_classes).float() / self.masks.numel()
 
 
 def nuclei_splits(

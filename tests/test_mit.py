@@ -18,13 +18,7 @@ from segnotes.mit import MIT_CONFIGS, EfficientSelfAttention, MiTConfig, MixFFN,
 PRESETS = sorted(MIT_CONFIGS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP spin-waiting on a busy machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hf_config(config: MiTConfig) -> SegformerConfig:

@@ -24,13 +24,7 @@ from segnotes.segformer import (
 PRESETS = sorted(SEGFORMER_CONFIGS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP spin-waiting on a busy machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 PAPER_PARAMS = {"segformer_b0": 3.8, "segformer_b1": 13.7, "segformer_b2": 27.5, "segformer_b3": 47.3, "segformer_b4": 64.1, "segformer_b5": 84.7}
 
 
