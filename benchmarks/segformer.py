@@ -4,8 +4,9 @@ One 512x512 image, batch 1, CPU, 2 threads, eval + ``torch.inference_mode``. All
 models carry the same weights: a randomly initialised transformers model (with
 non-trivial BatchNorm statistics) converted to segnotes with ``from_transformers`` and
 copied into SMP's ``Segformer("mit_b0")`` by name. Rounds are interleaved (each round
-runs every model once); medians and ratios are reported. Peak memory is the growth of
-memory allocated at once during one forward pass (torch profiler's memory events).
+runs every model once, through ``segnotes.compare.compare_latency``); medians and ratios
+are reported. Peak memory is ``segnotes.compare.peak_activation_memory``: the most bytes of
+tensors alive at once during one forward pass, weights and input excluded.
 
 segnotes' speed comes from the folded decoder (the 1x1 fuse is applied per stage
 before upsampling) and SDPA attention. transformers returns 1/4-resolution logits like
@@ -17,11 +18,12 @@ Run alone: ``.venv/bin/python benchmarks/segformer.py [rounds] [threads]``.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import torch
+from torch import nn
+
+from segnotes.compare import compare_latency, peak_activation_memory
 
 SIZE = 512
 NUM_CLASSES = 150
@@ -76,7 +78,18 @@ def _smp_parity(smp_model, ours, x: torch.Tensor) -> float:
         return (same_eps(x) - theirs).abs().max().item()
 
 
-def build() -> dict:
+class _Call(nn.Module):
+    """One way of calling ``model`` (e.g. with ``full_resolution=True``), as a module to time."""
+
+    def __init__(self, model: nn.Module, call):
+        super().__init__()
+        self.model, self.call = model, call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.call(self.model, x)
+
+
+def build() -> dict[str, nn.Module]:
     """The models (eval mode), keyed like ``NAMES``, all with the same weights."""
     import segmentation_models_pytorch as smp
 
@@ -92,23 +105,11 @@ def build() -> dict:
     theirs.load_state_dict(_smp_state_dict(ours.state_dict()), strict=True)
     return {
         "segnotes": ours,
-        "segnotes full-res": lambda x: ours(x, full_resolution=True),
+        "segnotes full-res": _Call(ours, lambda m, x: m(x, full_resolution=True)),
         "segnotes literal decoder": literal,
-        "transformers": lambda x: hf(pixel_values=x).logits,
+        "transformers": _Call(hf, lambda m, x: m(pixel_values=x).logits),
         "smp": theirs,
     }
-
-
-def peak_memory_mb(model, x: torch.Tensor) -> float:
-    """Peak of the bytes allocated (and not yet freed) during one forward pass, from the profiler's memory events."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        model(x)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    current = peak = 0
-    for _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak / 2**20
 
 
 def run(rounds: int = ROUNDS, threads: int = THREADS) -> str:
@@ -116,20 +117,15 @@ def run(rounds: int = ROUNDS, threads: int = THREADS) -> str:
     models = build()
     torch.manual_seed(1)
     x = torch.randn(1, 3, SIZE, SIZE)
-    times: dict[str, list[float]] = {n: [] for n in NAMES}
     with torch.inference_mode():
-        outputs = {n: models[n](x) for n in NAMES}  # warm-up, and the outputs to compare
-        for _ in range(rounds):
-            for n in NAMES:
-                start = time.perf_counter()
-                models[n](x)
-                times[n].append(time.perf_counter() - start)
-        memory = {n: peak_memory_mb(models[n], x) for n in NAMES}
+        outputs = {n: models[n](x) for n in NAMES}  # the outputs to compare
+    latency = compare_latency(models, tuple(x.shape), rounds=rounds, warmup=1)
+    memory = {n: peak_activation_memory(models[n], tuple(x.shape)) / 2**20 for n in NAMES}
     reference = outputs["transformers"]
     diff_hf = (outputs["segnotes"] - reference).abs().max().item()
     diff_literal = (outputs["segnotes literal decoder"] - reference).abs().max().item()
     diff_smp = _smp_parity(models["smp"], models["segnotes"], x)
-    median = {n: statistics.median(t) * 1000 for n, t in times.items()}
+    median = {n: latency[n].median_ms for n in NAMES}
     rows = [
         "| model | logits | median ms | x transformers | x SMP | peak memory (MB) |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -150,8 +146,8 @@ def run(rounds: int = ROUNDS, threads: int = THREADS) -> str:
             f"same weights: SMP's 1/4-resolution logits equal segnotes' with SMP's LayerNorm eps 1e-6 to {diff_smp:.1e}.",
             "",
             f"Conditions: SegFormer-B0, {NUM_CLASSES} classes, 1x3x{SIZE}x{SIZE}, CPU, {threads} threads, eval + "
-            f"inference_mode, {rounds} interleaved rounds after one warm-up; peak memory = most bytes allocated "
-            "at once during one forward (torch profiler); torch " + torch.__version__ + ".",
+            f"inference_mode, {rounds} interleaved rounds after one warm-up; peak memory = most bytes of tensors "
+            "alive at once during one forward, weights and input excluded; torch " + torch.__version__ + ".",
         ]
     )
 

@@ -15,22 +15,15 @@ Run: ``.venv/bin/python benchmarks/unet.py`` (prints a markdown section).
 from __future__ import annotations
 
 import platform
-import statistics
-import time
 
 import segmentation_models_pytorch as smp
 import torch
 
+from segnotes.compare import compare_latency
 from segnotes.unet import Unet, convert_smp_state_dict, fuse_for_inference
 from segnotes.upsample import MODES
 
 SIZE, ROUNDS, WARMUP, THREADS = 512, 7, 2, 2
-
-
-def _time(model: torch.nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
 
 
 def run(rounds: int = ROUNDS) -> str:
@@ -50,18 +43,11 @@ def run(rounds: int = ROUNDS) -> str:
         y = ref(x)
         same = torch.equal(ours(x), y)
         fused_diff = (variants["segnotes `fuse_for_inference`"](x) - y).abs().max().item()
-        for model in variants.values():
-            for _ in range(WARMUP):
-                model(x)
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(rounds):
-            for name, model in variants.items():
-                times[name].append(_time(model, x))
-    base = statistics.median(times["SMP `Unet` (eager)"])
+    latency = compare_latency(variants, tuple(x.shape), rounds=rounds, warmup=WARMUP)
+    base = latency["SMP `Unet` (eager)"].median_ms
     rows = ["| model | median ms | vs SMP |", "| --- | ---: | ---: |"]
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        rows.append(f"| {name} | {1000 * med:.1f} | {med / base:.2f}x |")
+    for name, lat in latency.items():
+        rows.append(f"| {name} | {lat.median_ms:.1f} | {lat.median_ms / base:.2f}x |")
     return "\n".join(
         [
             "## UNet-MobileNetV2 (`benchmarks/unet.py`)",
