@@ -16,7 +16,7 @@ PIP := $(PY) -m pip install --progress-bar off -q
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
-.PHONY: help book test unit nbval strict-build browser-check bench execute clean
+.PHONY: help book test lint unit nbval strict-build browser-check bench execute clean
 
 help:
 	@echo "make book   build the HTML book into _build/html"
@@ -41,7 +41,11 @@ book: $(VENV)/.book
 	$(JB) build . -W -n --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
-test: unit nbval strict-build browser-check
+test: lint unit nbval strict-build browser-check
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check segnotes tests benchmarks
+	$(VENV)/bin/ruff format --check segnotes tests benchmarks
 
 unit: $(VENV)/.test
 	$(PY) -m pytest tests -q --ignore=tests/browser

@@ -11,22 +11,22 @@ always means stride ``2**i``, and one decoder serves every encoder.
 This module is the one place in segnotes where the placeholder is made:
 :class:`Encoder` adapts any *backbone* (a module returning a feature pyramid and
 declaring its ``feature_channels`` and ``feature_strides``) to the convention.
-:func:`get_encoder` builds one from a timm model name or from an encoder the book
-defines itself (registered with :func:`register_encoder`). :class:`FusedEncoder`
-shows how two encoders of different styles combine stage by stage.
+:func:`get_encoder` builds one from a timm model name; the book's own backbones
+(MobileNetV2 in chapter 2, the Mix Transformer in chapter 4, the ViT pyramid in
+chapter 6) are passed to :class:`Encoder` as objects, and :func:`as_encoder` accepts
+either. :class:`FusedEncoder` shows how two encoders of different styles combine
+stage by stage. This module imports no chapter module: later chapters import it.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.util
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .model import check_divisible, check_images
 
 __all__ = [
     "CNN_STRIDES",
@@ -35,44 +35,12 @@ __all__ = [
     "TimmBackbone",
     "FusedEncoder",
     "get_encoder",
-    "register_encoder",
-    "list_encoders",
+    "as_encoder",
     "encoder_style",
-    "pad_to_multiple",
 ]
 
 CNN_STRIDES = (2, 4, 8, 16, 32)  # ResNet, MobileNetV2, EfficientNet: a stride-2 stem stage first
 TRANSFORMER_STRIDES = (4, 8, 16, 32)  # ConvNeXt, MiT, Swin, PVTv2: a stride-4 patch embedding first
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-# Modules of the book that register encoders; imported on the first lookup by name.
-_BOOK_ENCODER_MODULES = ("segnotes.unet", "segnotes.mit", "segnotes.vit_seg")
-
-
-def _import_book_encoders() -> None:
-    for module in _BOOK_ENCODER_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-
-
-def register_encoder(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a factory ``f(in_channels=3, **kwargs) -> backbone`` under ``name``.
-
-    The backbone's ``forward`` returns its feature maps (B, C_i, H / s_i, W / s_i) and
-    it declares ``feature_channels`` (C_i) and ``feature_strides`` (s_i).
-    """
-
-    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
-
-
-def list_encoders() -> list[str]:
-    """Names of the book's own encoders (any timm model name works as well)."""
-    _import_book_encoders()
-    return sorted(_REGISTRY)
 
 
 def encoder_style(strides: Sequence[int]) -> str:
@@ -166,18 +134,10 @@ class Encoder(nn.Module):
         return self.strides[-1]
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ``ValueError`` saying how to fix ``x`` if it is not (B, in_channels, H, W) with H, W divisible."""
-        if x.ndim != 4:
-            raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(x.shape)}; add a batch dimension with x[None]")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
-        h, w = x.shape[-2:]
-        s = self.output_stride
-        if h % s or w % s:
-            raise ValueError(
-                f"input size {h}x{w} is not divisible by the encoder's output stride {s}; pad it to "
-                f"{math.ceil(h / s) * s}x{math.ceil(w / s) * s}, e.g. with segnotes.encoders.pad_to_multiple(x, {s})"
-            )
+        """Raise a ``ValueError`` saying how to fix ``x`` unless it is a float (B, in_channels, H, W) batch
+        whose H and W are multiples of the output stride."""
+        check_images(x, self.in_channels)
+        check_divisible(x, self.output_stride, "the encoder's output stride")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> ``depth + 1`` maps, map ``i`` of shape (B, out_channels[i], H / 2**i, W / 2**i)."""
@@ -190,17 +150,17 @@ class Encoder(nn.Module):
         return [x, *features]
 
 
-def get_encoder(name: str, in_channels: int = 3, depth: int = 5, pretrained: bool = False, **kwargs) -> Encoder:
-    """Build an SMP-convention encoder from a timm model name or a book encoder name.
+def get_encoder(name: str, in_channels: int = 3, depth: int = 5, pretrained: bool = False) -> Encoder:
+    """Build an SMP-convention encoder from a timm model name.
 
     Args:
-        name: a name from :func:`list_encoders` (the book's own encoders, e.g. ``"mit_b0"``)
-            or any timm model that supports ``features_only`` (``"resnet18"``,
-            ``"mobilenetv2_100"``, ``"convnext_tiny"``, ``"pvt_v2_b0"``, ...).
+        name: any timm model that supports ``features_only``, with or without a
+            pretrained tag: ``"resnet18"``, ``"resnet18.a1_in1k"``, ``"mobilenetv2_100"``,
+            ``"convnext_tiny"``, ``"pvt_v2_b0"``, ... The book's own backbones are not
+            looked up by name: wrap them, e.g. ``Encoder(MobileNetV2Backbone())``.
         in_channels: input channels.
         depth: number of downsampling stages, 1..5 (5 gives strides up to 32).
-        pretrained: load pretrained weights (network or local cache needed).
-        **kwargs: passed to a book encoder's factory.
+        pretrained: load timm's pretrained weights (network or local cache needed).
 
     Returns:
         An :class:`Encoder` with ``out_channels`` and ``strides``.
@@ -214,16 +174,15 @@ def get_encoder(name: str, in_channels: int = 3, depth: int = 5, pretrained: boo
     """
     if not 1 <= depth <= 5:
         raise ValueError(f"depth must be in 1..5, got {depth}")
-    _import_book_encoders()
-    if name in _REGISTRY:
-        return Encoder(_REGISTRY[name](in_channels=in_channels, pretrained=pretrained, **kwargs), in_channels, depth)
     import timm
 
-    if name not in timm.list_models():
-        candidates = list(_REGISTRY) + timm.list_models()
-        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see segnotes.encoders.list_encoders() and timm.list_models()"
-        raise ValueError(f"unknown encoder {name!r}{hint}")
+    if not isinstance(name, str) or not timm.is_model(name):
+        close = difflib.get_close_matches(str(name), timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise ValueError(
+            f"unknown timm model {name!r}{hint} (the book's own backbones are passed as objects: "
+            "Encoder(MobileNetV2Backbone()), Encoder(mit('b0')))"
+        )
     with torch.device("meta"):  # read the pyramid without allocating weights
         probe = timm.create_model(name, features_only=True)
     style = encoder_style(probe.feature_info.reduction())
@@ -233,16 +192,36 @@ def get_encoder(name: str, in_channels: int = 3, depth: int = 5, pretrained: boo
     return Encoder(TimmBackbone(name, in_channels, num_features, pretrained), in_channels, depth)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad (B, C, H, W) on the bottom and right to multiples of ``multiple``.
+def as_encoder(encoder: str | nn.Module, in_channels: int = 3, depth: int = 5, pretrained: bool = False) -> Encoder:
+    """The one way models accept an encoder: a timm name, a backbone, or a ready :class:`Encoder`.
 
-    Returns:
-        The padded batch and the original ``(H, W)``, to crop the prediction back with
-        ``y[..., :H, :W]``.
+    Args:
+        encoder: a timm model name (see :func:`get_encoder`); a backbone declaring
+            ``feature_channels`` and ``feature_strides`` (wrapped in :class:`Encoder`);
+            or an :class:`Encoder` / :class:`FusedEncoder`, returned as it is.
+        in_channels, depth, pretrained: used when the encoder is built or wrapped here.
+
+    Raises:
+        ValueError: an object that is neither, or an encoder whose ``in_channels`` differs.
+
+    Example:
+        >>> as_encoder("resnet18", depth=3).out_channels
+        [3, 64, 64, 128]
     """
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(x, (0, pw, 0, ph)), (h, w)
+    if isinstance(encoder, str):
+        return get_encoder(encoder, in_channels, depth, pretrained)
+    if pretrained:
+        raise ValueError("pretrained=True only applies to timm names; load weights into your backbone object yourself")
+    if isinstance(encoder, (Encoder, FusedEncoder)):
+        if encoder.in_channels != in_channels:
+            raise ValueError(f"the encoder takes {encoder.in_channels} input channels; pass in_channels={encoder.in_channels}")
+        return encoder
+    if isinstance(encoder, nn.Module) and hasattr(encoder, "feature_channels") and hasattr(encoder, "feature_strides"):
+        return Encoder(encoder, in_channels, depth)
+    raise ValueError(
+        f"cannot use {type(encoder).__name__} as an encoder: pass a timm model name, an Encoder, or a backbone "
+        "module that declares feature_channels and feature_strides"
+    )
 
 
 class FusedEncoder(nn.Module):
