@@ -1,19 +1,65 @@
-"""``trace``: where does a network change resolution?
+"""Looking inside: where a network changes resolution, and the code that does it.
 
 :func:`trace` runs a model once with forward hooks on its named submodules and
 records every output's shape, its stride relative to the input and its channel
 count. Chapters use it to find a CNN's downsampling points (where UNet skips are
 taken) and to show a transformer's token grid at each stage.
+
+:func:`show_source` puts the package's own source of a class or function on the
+page, so the code a chapter explains is the code it runs (one source of truth).
 """
 
 from __future__ import annotations
 
+import inspect as _inspect
+import textwrap
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-__all__ = ["Stage", "Trace", "trace"]
+__all__ = ["Stage", "Trace", "trace", "source", "show_source"]
+
+
+def source(obj: object, member: str | None = None) -> str:
+    """The source code of a class, function or method, dedented.
+
+    Args:
+        obj: a class, function or method of segnotes (or any importable Python object).
+        member: with a class, the name of one of its methods to show alone, e.g. ``"forward"``.
+
+    Raises:
+        ValueError: ``member`` is not defined on ``obj`` (names what is), or the source
+            is not available (a built-in).
+
+    Example:
+        >>> source(source).splitlines()[0]
+        'def source(obj: object, member: str | None = None) -> str:'
+    """
+    if member is not None:
+        if member not in vars(obj):
+            own = sorted(k for k, v in vars(obj).items() if callable(v) and not k.startswith("__"))
+            raise ValueError(f"{getattr(obj, '__name__', obj)!r} defines no {member!r}; its methods are {own}")
+        obj = vars(obj)[member]
+    try:
+        return textwrap.dedent(_inspect.getsource(obj)).rstrip()
+    except (OSError, TypeError) as error:
+        raise ValueError(f"no Python source for {obj!r} ({error}); pass a class or function defined in Python") from None
+
+
+def show_source(obj: object, member: str | None = None):
+    """Display :func:`source` as a highlighted Python block in a notebook.
+
+    Returns an ``IPython.display.Markdown`` object: the last expression of a cell
+    renders it (Jupyter, Colab, the built book), and its plain-text form is a
+    fixed placeholder, so nbval compares it without depending on the code.
+
+    Example:
+        >>> show_source(trace)  # doctest: +SKIP
+    """
+    from IPython.display import Markdown
+
+    return Markdown(f"```python\n{source(obj, member)}\n```")
 
 
 @dataclass(frozen=True)
