@@ -6,7 +6,10 @@
   the class (shapes and background draw colours from the same distribution), so a
   model has to use shape and context: a ring differs from a disc only by the hole in
   the middle, a square from a triangle only by its corners. That is what makes the
-  choice of encoder and decoder matter.
+  choice of encoder and decoder matter. Its difficulty knobs (``binary``, ``textured``,
+  ``noise``, ``max_shapes``, ``radius``) let a chapter pick the setting its point
+  needs: the default 5-class task is hard for a one-minute CPU budget (the four shape
+  classes are the last thing any model learns), the binary one is learned quickly.
 * :func:`load_photo`: real photos bundled with scikit-image, for visual demos.
 """
 
@@ -16,18 +19,30 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["CLASS_NAMES", "PALETTE", "TensorSegmentation", "Shapes", "shapes_splits", "render_shapes", "PHOTOS", "load_photo", "photo_tensor"]
+__all__ = [
+    "CLASS_NAMES",
+    "BINARY_CLASS_NAMES",
+    "PALETTE",
+    "TensorSegmentation",
+    "Shapes",
+    "shapes_splits",
+    "render_shapes",
+    "PHOTOS",
+    "load_photo",
+    "photo_tensor",
+]
 
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "ring", "square", "triangle")
+BINARY_CLASS_NAMES: tuple[str, ...] = ("background", "shape")
 # One RGB colour per class (uint8), used by every mask plot in the book.
-PALETTE = np.array(
-    [[20, 20, 20], [230, 25, 75], [60, 180, 75], [255, 200, 25], [0, 130, 200]], dtype=np.uint8
-)
+PALETTE = np.array([[20, 20, 20], [230, 25, 75], [60, 180, 75], [255, 200, 25], [0, 130, 200]], dtype=np.uint8)
 
 
-def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """A random colour modulated by stripes and a smooth blotch, (H, W, 3) in [0, 1]."""
+def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, textured: bool = True) -> np.ndarray:
+    """A random colour modulated by stripes and a smooth blotch (or flat), (H, W, 3) in [0, 1]."""
     base = rng.uniform(0.15, 0.85, size=3)
+    if not textured:
+        return np.broadcast_to(base, (*yy.shape, 3)).copy()
     angle, freq = rng.uniform(0, np.pi), rng.uniform(0.15, 0.6)
     stripes = np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 2 * np.pi))
     cy, cx, s = rng.uniform(0, yy.shape[0]), rng.uniform(0, xx.shape[1]), rng.uniform(0.3, 1.0) * yy.shape[0]
@@ -37,9 +52,11 @@ def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.nda
     return np.clip(tex, 0, 1)
 
 
-def _shape_mask(kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+def _shape_mask(
+    kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int, radius: tuple[float, float]
+) -> np.ndarray:
     """Boolean (H, W) mask of one shape of class ``kind`` (1 disc, 2 ring, 3 square, 4 triangle)."""
-    r = rng.uniform(0.12, 0.3) * size
+    r = rng.uniform(*radius) * size
     cy, cx = rng.uniform(0.1, 0.9, size=2) * size
     dy, dx = yy - cy, xx - cx
     theta = rng.uniform(0, 2 * np.pi)
@@ -62,7 +79,12 @@ def _shape_mask(kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndar
 
 
 def render_shapes(
-    rng: np.random.Generator, size: int = 64, max_shapes: int = 4, noise: float = 0.08
+    rng: np.random.Generator,
+    size: int = 64,
+    max_shapes: int = 4,
+    noise: float = 0.08,
+    textured: bool = True,
+    radius: tuple[float, float] = (0.12, 0.3),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic sample.
 
@@ -71,17 +93,20 @@ def render_shapes(
         size: image height and width in pixels (any size >= 16).
         max_shapes: at most this many shapes (at least one), later ones occlude earlier ones.
         noise: standard deviation of the Gaussian pixel noise.
+        textured: stripes and blotches on shapes and background; ``False`` paints flat colours.
+        radius: range of a shape's circumradius, as fractions of ``size``.
 
     Returns:
-        ``image`` (H, W, 3) float32 in [0, 1] and ``mask`` (H, W) int64 of class indices.
+        ``image`` (H, W, 3) float32 in [0, 1] and ``mask`` (H, W) int64 of class indices
+        (0 background, 1 disc, 2 ring, 3 square, 4 triangle).
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    image = _texture(rng, yy, xx)
+    image = _texture(rng, yy, xx, textured)
     mask = np.zeros((size, size), dtype=np.int64)
     for _ in range(rng.integers(1, max_shapes + 1)):
         kind = int(rng.integers(1, len(CLASS_NAMES)))
-        m = _shape_mask(kind, rng, yy, xx, size)
-        image[m] = _texture(rng, yy, xx)[m]
+        m = _shape_mask(kind, rng, yy, xx, size, radius)
+        image[m] = _texture(rng, yy, xx, textured)[m]
         mask[m] = kind
     image = image + rng.normal(0, noise, size=image.shape)
     return np.clip(image, 0, 1).astype(np.float32), mask
@@ -109,40 +134,72 @@ class TensorSegmentation(Dataset):
 
 
 class Shapes(TensorSegmentation):
-    """The book's synthetic segmentation dataset: ``len(CLASS_NAMES)`` classes, any image size.
+    """The book's synthetic segmentation dataset, any image size, with difficulty knobs.
 
     Samples are generated once, in ``__init__``, from ``(seed, index)``: the same
     arguments give the same tensors on every machine.
 
     Args:
         n: number of samples.
-        size: image height and width.
+        size: image height and width (>= 16).
         seed: dataset seed; use different seeds for different splits.
-        max_shapes: at most this many shapes per image.
-        noise: Gaussian noise standard deviation.
+        binary: label every shape 1 ("shape") and the rest 0: 2 classes instead of 5.
+        max_shapes: at most this many shapes per image (>= 1).
+        noise: Gaussian noise standard deviation (>= 0).
+        textured: stripes and blotches (``True``) or flat colours.
+        radius: (min, max) circumradius of a shape as fractions of ``size``, within (0, 1].
+
+    Attributes:
+        num_classes: 5, or 2 with ``binary=True``.
+        class_names: :data:`CLASS_NAMES` or :data:`BINARY_CLASS_NAMES`.
 
     Returns (per item):
         ``image`` (3, size, size) float32 in [0, 1] and ``mask`` (size, size) int64.
 
     Example:
-        >>> image, mask = Shapes(8, size=64)[0]
+        >>> image, mask = Shapes(8, size=64, binary=True)[0]
     """
 
-    class_names = CLASS_NAMES
     palette = PALETTE
 
-    def __init__(self, n: int, size: int = 64, seed: int = 0, max_shapes: int = 4, noise: float = 0.08):
+    def __init__(
+        self,
+        n: int,
+        size: int = 64,
+        seed: int = 0,
+        *,
+        binary: bool = False,
+        max_shapes: int = 4,
+        noise: float = 0.08,
+        textured: bool = True,
+        radius: tuple[float, float] = (0.12, 0.3),
+    ):
         if n < 1 or size < 16:
             raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
-        images, masks = zip(*(render_shapes(np.random.default_rng([seed, i]), size, max_shapes, noise) for i in range(n)))
+        if max_shapes < 1 or noise < 0:
+            raise ValueError(f"need max_shapes >= 1 and noise >= 0, got max_shapes={max_shapes}, noise={noise}")
+        if not 0 < radius[0] <= radius[1] <= 1:
+            raise ValueError(f"radius must be (min, max) with 0 < min <= max <= 1 (fractions of size), got {radius}")
+        samples = [
+            render_shapes(np.random.default_rng([seed, i]), size, max_shapes, noise, textured, tuple(radius))
+            for i in range(n)
+        ]
+        images, masks = zip(*samples)
         self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
-        self.masks = torch.from_numpy(np.stack(masks))  # (N, H, W)
-        self.num_classes = len(CLASS_NAMES)
+        masks = torch.from_numpy(np.stack(masks))  # (N, H, W)
+        self.masks = (masks > 0).long() if binary else masks
+        self.class_names = BINARY_CLASS_NAMES if binary else CLASS_NAMES
+        self.num_classes = len(self.class_names)
 
 
-def shapes_splits(n_train: int = 512, n_val: int = 128, size: int = 64, seed: int = 0, **kwargs) -> tuple[Shapes, Shapes]:
-    """Train and validation :class:`Shapes` with disjoint seeds (no sample is in both)."""
-    return Shapes(n_train, size, seed=2 * seed, **kwargs), Shapes(n_val, size, seed=2 * seed + 1, **kwargs)
+def shapes_splits(
+    n_train: int = 512, n_val: int = 128, size: int = 64, seed: int = 0, **knobs
+) -> tuple[Shapes, Shapes]:
+    """Train and validation :class:`Shapes` with disjoint seeds (no sample is in both).
+
+    ``knobs`` are :class:`Shapes`' keyword arguments (``binary``, ``textured``, ...), used for both splits.
+    """
+    return Shapes(n_train, size, seed=2 * seed, **knobs), Shapes(n_val, size, seed=2 * seed + 1, **knobs)
 
 
 # Photos that scikit-image ships inside its wheel (no download needed).
@@ -176,7 +233,6 @@ def load_photo(name: str = "astronaut", size: int | None = None) -> np.ndarray:
 def photo_tensor(name: str = "astronaut", size: int = 224) -> torch.Tensor:
     """:func:`load_photo` as a (1, 3, size, size) tensor in [0, 1]."""
     return torch.from_numpy(load_photo(name, size)).permute(2, 0, 1)[None].contiguous()
-
 
 
 # Chapter 7's real microscopy data lives in segnotes.nuclei; its names are served from here too.
