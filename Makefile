@@ -51,7 +51,7 @@ unit: $(VENV)/.test
 	$(PY) -m pytest tests -q --ignore=tests/browser
 
 nbval: $(VENV)/.test
-	$(PY) -m pytest $(NBVAL) book -q --durations=0 --durations-min=20
+	SEGNOTES_PROGRESS=0 $(PY) -m pytest $(NBVAL) book -q --durations=0 --durations-min=20
 
 strict-build: $(VENV)/.test
 	rm -rf _build/html _build/.doctrees
@@ -69,7 +69,7 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/run_all.py
 
 execute: $(VENV)/.test
-	$(VENV)/bin/jupyter execute --inplace $(NB)
+	SEGNOTES_PROGRESS=0 $(VENV)/bin/jupyter execute --inplace $(NB)
 
 clean:
 	rm -rf _build
