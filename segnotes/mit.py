@@ -13,38 +13,48 @@ dense prediction at high resolution:
   attention costs O(N^2 / sr_ratio^2). The paper's reduction ratio R counts tokens
   (R = 64, 16, 4, 1); the code's ``sr_ratio`` counts pixels per axis (8, 4, 2, 1),
   and R = sr_ratio^2.
-* **Mix-FFN**: a 3x3 depthwise convolution inside the MLP leaks enough position
-  information through its zero padding that no positional encoding is needed, so a
-  model trained at one resolution runs at any other without interpolating anything.
+* **Mix-FFN**: a 3x3 depthwise convolution inside the MLP. Its zero padding, like the
+  padding of the overlapping patch embeddings, tells tokens near the border where they
+  are, so MiT has no positional encoding and runs at any resolution.
 
-The encoder declares its pyramid (``feature_channels``, ``feature_strides``) and is
-registered as ``mit_b0`` ... ``mit_b5`` for :func:`segnotes.encoders.get_encoder`.
-Numerics follow transformers' ``SegformerModel`` (LayerNorm epsilon 1e-5 everywhere);
-the original code uses 1e-6 in the blocks' and stages' norms (``MiTConfig.norm_eps``).
+The encoder declares its pyramid (``feature_channels``, ``feature_strides``) where it
+builds its stages; wrap it with :class:`segnotes.encoders.Encoder` for SMP's
+``out_channels`` convention. Numerics follow transformers' ``SegformerModel`` (LayerNorm
+epsilon 1e-5 everywhere); the original code and SMP use 1e-6 in the blocks' and stages'
+norms (``MiTConfig.norm_eps``). :func:`from_original` converts the original layout's
+state dicts (NVlabs' SegFormer, mmseg 0.x, SMP's ``mit_b*`` encoders).
+
+Order: config, blocks, model, factory, weight conversion, presets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from timm.layers import DropPath
 from torch import nn
 
-from .encoders import register_encoder
+from .model import check_choice, check_images
 
 __all__ = [
     "MiTConfig",
-    "MIT_CONFIGS",
+    "MIT_PRESETS",
     "OverlapPatchEmbed",
     "EfficientSelfAttention",
     "MixFFN",
     "MixBlock",
     "MixTransformer",
-    "drop_path",
     "mit",
+    "from_original",
 ]
+
+Preset = Literal["b0", "b1", "b2", "b3", "b4", "b5"]
 
 
 @dataclass(frozen=True)
@@ -56,13 +66,14 @@ class MiTConfig:
         depths: transformer blocks per stage (L_i).
         num_heads: attention heads per stage (N_i): head width 32 in B0, 64 in B1-B5.
         sr_ratios: per-axis reduction of keys/values (8, 4, 2, 1); the paper's R_i = sr_ratio**2.
-        mlp_ratios: Mix-FFN hidden width / embed dim (E_i = 4 in every stage).
+        mlp_ratios: Mix-FFN hidden width / embed dim. 4 in every stage, as in the released code
+            (the paper's appendix table lists 8, 8, 4, 4; chapter 4 shows which one the weights have).
         patch_sizes: patch-embedding kernels; larger than the strides so patches overlap.
         strides: patch-embedding strides; their running product gives strides 4, 8, 16, 32.
         in_channels: image channels.
         drop_path_rate: stochastic depth of the last block, growing linearly from 0 (paper: 0.1).
         norm_eps: epsilon of the blocks' and stages' LayerNorms. transformers uses PyTorch's
-            default 1e-5 (needed to reproduce its outputs); the original code uses 1e-6.
+            default 1e-5 (needed to reproduce its outputs); the original code and SMP use 1e-6.
     """
 
     embed_dims: tuple[int, ...] = (32, 64, 160, 256)
@@ -77,32 +88,32 @@ class MiTConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self):
-        fields = ("embed_dims", "depths", "num_heads", "sr_ratios", "mlp_ratios", "patch_sizes", "strides")
-        lengths = {name: len(getattr(self, name)) for name in fields}
+        stage_fields = ("embed_dims", "depths", "num_heads", "sr_ratios", "mlp_ratios", "patch_sizes", "strides")
+        for name in stage_fields:  # accept lists (e.g. from JSON), store tuples so the config stays hashable
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and v > 0 for v in value):
+                raise ValueError(f"{name} must be a tuple of positive integers, one per stage, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        lengths = {name: len(getattr(self, name)) for name in stage_fields}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"every per-stage tuple needs one entry per stage, got lengths {lengths}")
         for dim, heads in zip(self.embed_dims, self.num_heads):
             if dim % heads:
                 raise ValueError(f"embed dim {dim} is not divisible by its {heads} heads; choose heads dividing it")
-
-
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: zero the whole residual branch of a random fraction ``p`` of samples.
-
-    Survivors are scaled by 1 / (1 - p) so the expected value is unchanged; identity in eval.
-    """
-    if p == 0.0 or not training:
-        return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
-    return x * keep / (1 - p)
+        if not isinstance(self.in_channels, int) or self.in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {self.in_channels!r}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r} (the paper uses 0.1)")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be positive, got {self.norm_eps!r} (1e-5 or 1e-6)")
 
 
 class OverlapPatchEmbed(nn.Module):
     """Strided convolution with overlapping patches, flattened to tokens, then LayerNorm.
 
     For B0's first stage (kernel 7, stride 4, padding 3): a 512x512x3 image becomes a
-    128x128x32 map, i.e. 16384 tokens of width 32. Any input size works: the output
-    side is ceil(H / stride).
+    128x128x32 map, i.e. 16384 tokens of width 32. Any input size works: for odd
+    kernels the output side is ceil(H / stride).
 
     Args:
         in_channels: channels of the input map.
@@ -112,12 +123,16 @@ class OverlapPatchEmbed(nn.Module):
 
     Returns (forward):
         tokens (B, h*w, embed_dim) and the map size (h, w).
+
+    Example:
+        >>> OverlapPatchEmbed(3, 32, 7, 4)(torch.zeros(1, 3, 64, 64))[0].shape
+        torch.Size([1, 256, 32])
     """
 
     def __init__(self, in_channels: int, embed_dim: int, patch_size: int, stride: int):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride=stride, padding=patch_size // 2)
-        self.norm = nn.LayerNorm(embed_dim)  # PyTorch's default eps in the original and in transformers
+        self.norm = nn.LayerNorm(embed_dim)  # PyTorch's default eps, in the original code too
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.proj(x)  # (B, C, h, w)
@@ -141,6 +156,10 @@ class EfficientSelfAttention(nn.Module):
 
     Shapes:
         (B, N, C) tokens and the map size (h, w) with h*w = N -> (B, N, C).
+
+    Example:
+        >>> EfficientSelfAttention(32, 1, 8)(torch.zeros(1, 64 * 64, 32), (64, 64)).shape
+        torch.Size([1, 4096, 32])
     """
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int = 1):
@@ -153,7 +172,7 @@ class EfficientSelfAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
-            self.sr_norm = nn.LayerNorm(dim)  # PyTorch's default eps in the original and in transformers
+            self.sr_norm = nn.LayerNorm(dim)  # PyTorch's default eps, in the original code too
         self.proj = nn.Linear(dim, dim)
 
     def reduce(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -162,13 +181,14 @@ class EfficientSelfAttention(nn.Module):
             return x
         h, w = size
         x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)  # a view: channels-last memory
-        x = self.sr(x)  # (B, C, h / sr, w / sr)
+        x = self.sr(x)  # (B, C, h / sr, w / sr): one token per sr x sr block
         return self.sr_norm(rearrange(x, "b c h w -> b (h w) c"))  # (B, M, C)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)  # (B, heads, N, d)
-        k, v = rearrange(self.kv(self.reduce(x, size)), "b m (two h d) -> two b h m d", two=2, h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        kv = self.kv(self.reduce(x, size))  # (B, M, 2C): keys first, then values
+        k, v = rearrange(kv, "b m (two h d) -> two b h m d", two=2, h=self.num_heads)  # (B, heads, M, d) each
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v: (B, heads, N, d)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))  # (B, N, C)
 
 
@@ -176,8 +196,8 @@ class MixFFN(nn.Module):
     """Linear -> 3x3 depthwise conv on the token map -> GELU -> Linear.
 
     The depthwise convolution mixes each token with its 8 neighbours; at the border it
-    sees zero padding, which is how the network learns where it is (no positional
-    encoding anywhere in MiT).
+    sees zero padding, which tells border tokens where they are (MiT has no positional
+    encoding; the patch embeddings' padding does the same).
 
     Args:
         dim: token width C.
@@ -185,6 +205,10 @@ class MixFFN(nn.Module):
 
     Shapes:
         (B, N, C) tokens and the map size (h, w) -> (B, N, C).
+
+    Example:
+        >>> MixFFN(8, 32)(torch.zeros(2, 5 * 7, 8), (5, 7)).shape
+        torch.Size([2, 35, 8])
     """
 
     def __init__(self, dim: int, hidden_dim: int):
@@ -198,11 +222,14 @@ class MixFFN(nn.Module):
         h, w = size
         x = rearrange(self.fc1(x), "b (h w) c -> b c h w", h=h, w=w)  # a view: channels-last memory
         x = rearrange(self.dwconv(x), "b c h w -> b (h w) c")  # (B, N, hidden)
-        return self.fc2(self.act(x))
+        return self.fc2(self.act(x))  # (B, N, C)
 
 
 class MixBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mixffn(norm(x)), with stochastic depth.
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mixffn(norm(x)).
+
+    Stochastic depth (skipping a residual branch for a random part of the batch in
+    training) is timm's ``DropPath``: the chapter does not teach it, so it is not rewritten.
 
     Args:
         dim: token width C.
@@ -214,32 +241,44 @@ class MixBlock(nn.Module):
 
     Shapes:
         (B, N, C) tokens and the map size (h, w) -> (B, N, C).
+
+    Example:
+        >>> MixBlock(32, 1, 8)(torch.zeros(1, 32 * 32, 32), (32, 32)).shape
+        torch.Size([1, 1024, 32])
     """
 
     def __init__(
-        self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-5
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MixFFN(dim, int(dim * mlp_ratio))
-        self.drop_path = drop_path
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        x = x + drop_path(self.attn(self.norm1(x), size), self.drop_path, self.training)
-        return x + drop_path(self.mlp(self.norm2(x), size), self.drop_path, self.training)
+        x = x + self.drop_path(self.attn(self.norm1(x), size))  # (B, N, C)
+        return x + self.drop_path(self.mlp(self.norm2(x), size))
 
 
 class _Stage(nn.Module):
-    """Patch embedding, ``depth`` MixBlocks, LayerNorm: (B, C_in, H, W) -> (B, C, H / s, W / s)."""
+    """Patch embedding, ``len(drop_paths)`` MixBlocks, LayerNorm: (B, C_in, H, W) -> (B, C, H / s, W / s)."""
 
-    def __init__(self, in_channels: int, dim: int, depth: int, patch_size: int, stride: int, num_heads: int,
-                 sr_ratio: int, mlp_ratio: float, drop_paths: list[float], norm_eps: float):
+    def __init__(self, in_channels: int, dim: int, config: MiTConfig, i: int, drop_paths: list[float]):
         super().__init__()
-        self.patch_embed = OverlapPatchEmbed(in_channels, dim, patch_size, stride)
-        self.blocks = nn.ModuleList(MixBlock(dim, num_heads, sr_ratio, mlp_ratio, p, norm_eps) for p in drop_paths)
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.patch_embed = OverlapPatchEmbed(in_channels, dim, config.patch_sizes[i], config.strides[i])
+        self.blocks = nn.ModuleList(
+            MixBlock(dim, config.num_heads[i], config.sr_ratios[i], config.mlp_ratios[i], p, config.norm_eps)
+            for p in drop_paths
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (h, w) = self.patch_embed(x)  # (B, N, C)
@@ -252,18 +291,18 @@ class MixTransformer(nn.Module):
     """The MiT encoder: four stages returning maps at strides 4, 8, 16, 32.
 
     Args:
-        config: a :class:`MiTConfig`, e.g. ``MIT_CONFIGS["mit_b0"]``.
+        config: a :class:`MiTConfig`, e.g. ``MIT_PRESETS["b0"]``; or use :func:`mit`.
 
     Attributes:
         feature_channels: channels of the four maps (``config.embed_dims``).
-        feature_strides: their strides, ``[4, 8, 16, 32]`` (from the patch-embedding strides).
+        feature_strides: their strides, ``[4, 8, 16, 32]`` (the running product of the patch strides).
 
     Shapes:
-        (B, in_channels, H, W) -> [(B, C_i, ceil(H / s_i), ceil(W / s_i)) for the four stages];
-        any H, W works (odd included).
+        (B, in_channels, H, W) float -> [(B, C_i, ceil(H / s_i), ceil(W / s_i)) for the four stages];
+        any H, W of at least :attr:`min_input_size` works (odd included).
 
     Example:
-        >>> [f.shape[1] for f in MixTransformer(MIT_CONFIGS["mit_b0"])(torch.randn(1, 3, 64, 64))]
+        >>> [f.shape[1] for f in MixTransformer(MIT_PRESETS["b0"])(torch.randn(1, 3, 64, 64))]
         [32, 64, 160, 256]
     """
 
@@ -276,25 +315,36 @@ class MixTransformer(nn.Module):
         self.feature_channels: list[int] = []
         self.feature_strides: list[int] = []
         in_channels, stride, start = config.in_channels, 1, 0
-        for i, depth in enumerate(config.depths):
-            dim = config.embed_dims[i]
-            self.stages.append(_Stage(in_channels, dim, depth, config.patch_sizes[i], config.strides[i], config.num_heads[i],
-                                      config.sr_ratios[i], config.mlp_ratios[i], rates[start : start + depth], config.norm_eps))
+        for i, (dim, depth) in enumerate(zip(config.embed_dims, config.depths)):
+            self.stages.append(_Stage(in_channels, dim, config, i, rates[start : start + depth]))
             stride *= config.strides[i]
-            self.feature_channels.append(dim)
+            self.feature_channels.append(dim)  # the pyramid, declared where it is built
             self.feature_strides.append(stride)
             in_channels, start = dim, start + depth
 
+    def map_sides(self, side: int) -> list[int]:
+        """The side of each stage's map for an input side, by the convolution size formula."""
+        sides = []
+        for k, s in zip(self.config.patch_sizes, self.config.strides):
+            side = (side + 2 * (k // 2) - k) // s + 1
+            sides.append(side)
+        return sides
+
     @property
     def min_input_size(self) -> int:
-        """Smallest input side: every stage's map must be at least ``sr_ratio`` wide for the reduction conv."""
-        return max((r - 1) * s + 1 for r, s in zip(self.config.sr_ratios, self.feature_strides))
+        """Smallest input side: every stage's map must be at least ``sr_ratio`` wide for its reduction conv."""
+        side = 1
+        while any(m < r for m, r in zip(self.map_sides(side), self.config.sr_ratios)):
+            side += 1
+        return side
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        check_images(x, self.config.in_channels)
         if min(x.shape[-2:]) < self.min_input_size:
+            m = self.min_input_size
             raise ValueError(
                 f"input size {tuple(x.shape[-2:])} is too small: the key/value reduction needs at least "
-                f"{self.min_input_size}x{self.min_input_size} pixels; pad or resize the image"
+                f"{m}x{m} pixels; pad the image (e.g. segnotes.model.pad_to_multiple(x, 32)) or resize it"
             )
         features = []
         for stage in self.stages:
@@ -303,45 +353,113 @@ class MixTransformer(nn.Module):
         return features
 
 
-def mit(name: str = "mit_b0", **overrides) -> MixTransformer:
+def mit(preset: Preset = "b0", **overrides) -> MixTransformer:
     """A Mix Transformer from a preset name, with optional config overrides.
 
     Args:
-        name: one of ``MIT_CONFIGS`` (``"mit_b0"`` ... ``"mit_b5"``).
-        **overrides: :class:`MiTConfig` fields to change, e.g. ``norm_eps=1e-6``.
+        preset: one of ``MIT_PRESETS``: ``"b0"`` ... ``"b5"``.
+        **overrides: :class:`MiTConfig` fields to change, e.g. ``norm_eps=1e-6``, ``in_channels=1``.
+
+    Raises:
+        ValueError: unknown preset or field, or a field value :class:`MiTConfig` rejects.
 
     Example:
-        >>> mit("mit_b0", drop_path_rate=0.0).feature_strides
+        >>> mit("b0", drop_path_rate=0.0).feature_strides
         [4, 8, 16, 32]
     """
-    if name not in MIT_CONFIGS:
-        raise ValueError(f"unknown MiT preset {name!r}; choose one of {sorted(MIT_CONFIGS)}")
-    return MixTransformer(replace(MIT_CONFIGS[name], **overrides))
+    check_choice("preset", preset, Preset)
+    unknown = set(overrides) - {f.name for f in fields(MiTConfig)}
+    if unknown:
+        raise ValueError(
+            f"MiTConfig has no field {sorted(unknown)}; its fields are {[f.name for f in fields(MiTConfig)]}"
+        )
+    return MixTransformer(replace(MIT_PRESETS[preset], **overrides))
 
 
-# Presets from the paper's appendix: B1-B5 share widths (and heads 1, 2, 5, 8: head width 64) and differ
-# only in depth; B0 is half as wide. Encoder parameters (no classification head) in the comments.
+# --- weight conversion -------------------------------------------------------------------------------
+# The original layout: NVlabs' SegFormer (mix_transformer.py; whole checkpoints add the prefix "backbone."),
+# mmseg 0.x's SegFormer and SMP's mit_b* encoders all use these names. One row per tensor group, in model
+# order: original name, segnotes name. {s}: stage counted from 1 (patch_embed1), {i}: from 0, {j}: block.
+# Keys and values are one fused Linear in both layouts, so renaming is all it takes.
+# fmt: off
+_ORIGINAL_KEYS: tuple[tuple[str, str], ...] = (
+    ("patch_embed{s}.proj",            "stages.{i}.patch_embed.proj"),
+    ("patch_embed{s}.norm",            "stages.{i}.patch_embed.norm"),
+    ("block{s}.{j}.norm1",             "stages.{i}.blocks.{j}.norm1"),
+    ("block{s}.{j}.attn.q",            "stages.{i}.blocks.{j}.attn.q"),
+    ("block{s}.{j}.attn.kv",           "stages.{i}.blocks.{j}.attn.kv"),
+    ("block{s}.{j}.attn.sr",           "stages.{i}.blocks.{j}.attn.sr"),
+    ("block{s}.{j}.attn.norm",         "stages.{i}.blocks.{j}.attn.sr_norm"),
+    ("block{s}.{j}.attn.proj",         "stages.{i}.blocks.{j}.attn.proj"),
+    ("block{s}.{j}.norm2",             "stages.{i}.blocks.{j}.norm2"),
+    ("block{s}.{j}.mlp.fc1",           "stages.{i}.blocks.{j}.mlp.fc1"),
+    ("block{s}.{j}.mlp.dwconv.dwconv", "stages.{i}.blocks.{j}.mlp.dwconv"),
+    ("block{s}.{j}.mlp.fc2",           "stages.{i}.blocks.{j}.mlp.fc2"),
+    ("norm{s}",                        "stages.{i}.norm"),
+)
+# fmt: on
+_ORIGINAL_PATTERNS = [
+    re.compile(
+        re.escape(old).replace(r"\{s\}", r"(?P<s>\d+)").replace(r"\{j\}", r"(?P<j>\d+)") + r"\.(?P<suffix>weight|bias)"
+    )
+    for old, _ in _ORIGINAL_KEYS
+]
+
+
+def from_original(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A state dict in the original MiT layout -> a segnotes :class:`MixTransformer` state dict.
+
+    The original layout is the one of NVlabs' SegFormer code (``patch_embed1.proj.weight``,
+    ``block1.0.attn.kv.weight``, ``norm1.weight``, ...), of mmseg 0.x and of SMP's ``mit_b*``
+    encoders. Build the model with ``norm_eps=1e-6`` to reproduce their outputs.
+
+    Args:
+        state_dict: encoder tensors; a state dict already in segnotes' names is returned unchanged.
+        prefix: stripped from every key first, e.g. ``"backbone."`` for the encoder part of a whole
+            NVlabs SegFormer checkpoint (select those keys first; ``decode_head.*`` is not an encoder key).
+
+    Returns:
+        The same tensors under segnotes' names, ready for ``load_state_dict(..., strict=True)``.
+
+    Raises:
+        ValueError: a key without the prefix or without a row in the key table (e.g. the ImageNet
+            classifier ``head.*``: drop it), naming the first few.
+
+    Example:
+        >>> mit("b0", norm_eps=1e-6).load_state_dict(from_original(smp_encoder.state_dict()))  # doctest: +SKIP
+    """
+    if all(key.startswith("stages.") for key in state_dict):
+        return dict(state_dict)
+    out, unmapped = {}, []
+    for key, tensor in state_dict.items():
+        name = key.removeprefix(prefix) if key.startswith(prefix) else ""
+        for (_, new), pattern in zip(_ORIGINAL_KEYS, _ORIGINAL_PATTERNS):
+            if match := pattern.fullmatch(name):
+                stage = int(match["s"]) - 1  # patch_embed1 -> stages.0
+                out[new.format(i=stage, j=match.groupdict().get("j")) + "." + match["suffix"]] = tensor
+                break
+        else:
+            unmapped.append(key)
+    if unmapped:
+        raise ValueError(
+            f"{len(unmapped)} keys are not MiT encoder keys in the original layout (with prefix {prefix!r}), "
+            f"e.g. {unmapped[:5]}; drop classifier or decoder keys and pass the prefix the encoder keys carry"
+        )
+    return out
+
+
+# --- presets -----------------------------------------------------------------------------------------
+# From the paper's appendix and the released code: B1-B5 share widths (and heads 1, 2, 5, 8: head width 64)
+# and differ only in depth; B0 is half as wide. Encoder parameters (no classification head) in the comments.
 _WIDE = (64, 128, 320, 512)
-MIT_CONFIGS: dict[str, MiTConfig] = {
-    "mit_b0": MiTConfig(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)),  # 3.3M params
-    "mit_b1": MiTConfig(embed_dims=_WIDE, depths=(2, 2, 2, 2)),  # 13.2M params
-    "mit_b2": MiTConfig(embed_dims=_WIDE, depths=(3, 4, 6, 3)),  # 24.2M params
-    "mit_b3": MiTConfig(embed_dims=_WIDE, depths=(3, 4, 18, 3)),  # 44.1M params
-    "mit_b4": MiTConfig(embed_dims=_WIDE, depths=(3, 8, 27, 3)),  # 60.8M params
-    "mit_b5": MiTConfig(embed_dims=_WIDE, depths=(3, 6, 40, 3)),  # 81.4M params
+MIT_PRESETS: dict[str, MiTConfig] = {
+    "b0": MiTConfig(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)),  # 3.3M params
+    "b1": MiTConfig(embed_dims=_WIDE, depths=(2, 2, 2, 2)),  # 13.2M params
+    "b2": MiTConfig(embed_dims=_WIDE, depths=(3, 4, 6, 3)),  # 24.2M params
+    "b3": MiTConfig(embed_dims=_WIDE, depths=(3, 4, 18, 3)),  # 44.1M params
+    "b4": MiTConfig(embed_dims=_WIDE, depths=(3, 8, 27, 3)),  # 60.8M params
+    "b5": MiTConfig(embed_dims=_WIDE, depths=(3, 6, 40, 3)),  # 81.4M params
 }
 
-
-def _register(name: str) -> None:
-    @register_encoder(name)
-    def factory(in_channels: int = 3, pretrained: bool = False, **overrides) -> MixTransformer:
-        if pretrained:
-            raise ValueError(
-                f"{name}: no ImageNet weights ship with segnotes; build it with pretrained=False and load a "
-                "SegFormer checkpoint with segnotes.segformer.SegFormer.from_pretrained"
-            )
-        return mit(name, in_channels=in_channels, **overrides)
-
-
-for _preset in MIT_CONFIGS:
-    _register(_preset)
+# Transition for segnotes.segformer (old names "mit_b0" ...): remove once it reads MIT_PRESETS.
+MIT_CONFIGS = {f"mit_{name}": config for name, config in MIT_PRESETS.items()}
