@@ -233,16 +233,3 @@ def load_photo(name: str = "astronaut", size: int | None = None) -> np.ndarray:
 def photo_tensor(name: str = "astronaut", size: int = 224) -> torch.Tensor:
     """:func:`load_photo` as a (1, 3, size, size) tensor in [0, 1]."""
     return torch.from_numpy(load_photo(name, size)).permute(2, 0, 1)[None].contiguous()
-
-
-# Chapter 7's real microscopy data lives in segnotes.nuclei; its names are served from here too.
-_NUCLEI_NAMES = ("NUCLEI_CLASS_NAMES", "NUCLEI_PALETTE", "NUCLEI_SOURCE", "NucleiTiles", "load_nuclei", "nuclei_splits")
-__all__ += list(_NUCLEI_NAMES)
-
-
-def __getattr__(name: str):
-    if name in _NUCLEI_NAMES:
-        from . import nuclei
-
-        return getattr(nuclei, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
