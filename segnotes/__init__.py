@@ -2,20 +2,26 @@
 
 Every chapter starts with ``device = segnotes.setup()``, which makes the chapter's
 numbers reproducible (seeds, thread count) and picks the device. The modules are
-named after what they teach:
+named after what they teach; the shared ones come first, and no shared module
+imports a chapter module:
 
 =================  ==========================================================
+``model``          the contract: ``SegmentationModel`` = encoder -> decoder -> head
 ``encoders``       chapter 1: the SMP ``out_channels`` convention, ``get_encoder``
-``unet``           chapter 2: MobileNetV2 skips and the UNet decoders
+``data``           synthetic shapes with difficulty knobs, bundled photos
+``nuclei``         real microscopy tiles and masks (chapters 2, 3 and 7)
+``train``          ``fit`` / ``fit_seeds`` / ``evaluate``, mIoU and boundary IoU
+``viz``            image/mask grids, feature maps, training curves
+``inspect``        ``trace`` (shapes, strides, channels) and ``show_source``
+``unet``           chapter 2: MobileNetV2 skips, the UNet and UNet++ decoders
 ``upsample``       chapter 3: interpolation and learnable upsamplers
 ``mit``            chapter 4: the Mix Transformer encoder
 ``segformer``      chapter 5: the all-MLP decoder and SegFormer
-``vit_seg``        chapter 6: a plain ViT turned into a segmentation model
-``compare``        chapter 7: model cards and effective receptive fields
-``data``           synthetic shapes, bundled photos and real nuclei
-``train``          ``fit`` / ``evaluate`` with confusion-matrix metrics
-``viz``            image/mask grids, feature maps, training curves
-``inspect``        ``trace``: every stage's shape, stride and channels
+``vit``            chapter 6: a plain ViT, its tokens and intermediate blocks
+``setr``           chapter 6: SETR's heads (naive, progressive, multi-level)
+``dpt``            chapter 6: DPT's reassembly of a ViT into a pyramid
+``cost``           chapter 7: parameters, FLOPs, memory, latency
+``erf``            chapter 7: effective receptive fields
 =================  ==========================================================
 """
 
