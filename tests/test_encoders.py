@@ -5,19 +5,43 @@ from __future__ import annotations
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
+from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder as SmpUnetDecoder
+from segmentation_models_pytorch.decoders.unetplusplus.decoder import UnetPlusPlusDecoder as SmpUnetPlusPlusDecoder
+from torch import nn
 
 from segnotes.encoders import (
     CNN_STRIDES,
     TRANSFORMER_STRIDES,
     Encoder,
     FusedEncoder,
+    as_encoder,
     encoder_style,
     get_encoder,
-    pad_to_multiple,
 )
-from segnotes.unet import UnetDecoder
+from segnotes.model import pad_to_multiple
 
 NAMES = ["convnext_tiny", "mobilenetv2_100", "resnet18", "pvt_v2_b0"]
+
+
+class Toy(nn.Module):
+    """A tiny transformer-style backbone: two maps at strides 4 and 8."""
+
+    feature_channels, feature_strides = [8, 16], [4, 8]
+
+    def __init__(self, channels: tuple[int, int] = (8, 16)):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels[0], 4, stride=4)
+        self.down = nn.Conv2d(channels[0], channels[1], 2, stride=2)
+
+    def forward(self, x):
+        a = self.stem(x)  # (B, 8, H/4, W/4)
+        return [a, self.down(a)]  # + (B, 16, H/8, W/8)
+
+
+@pytest.fixture(scope="module")
+def convnext():
+    return get_encoder("convnext_tiny").eval()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -31,7 +55,7 @@ def test_out_channels_and_feature_shapes_match_smp(name):
             shapes_ours = [tuple(f.shape) for f in ours(x)]
             shapes_theirs = [tuple(f.shape) for f in theirs(x)]
         assert shapes_ours == shapes_theirs
-        assert [size[0] // s.shape[-2] if s.shape[-2] else 0 for s in ours(x)] == ours.strides
+        assert [size[0] // s[-2] for s in shapes_ours] == ours.strides
 
 
 def test_convnext_large_matches_smp_on_meta_device():
@@ -41,32 +65,38 @@ def test_convnext_large_matches_smp_on_meta_device():
     assert ours.out_channels == theirs.out_channels == [3, 0, 192, 384, 768, 1536]
 
 
+def test_tagged_timm_names_work_without_download():
+    with torch.device("meta"):  # no weights are allocated, nothing is downloaded (pretrained=False)
+        tagged = get_encoder("resnet18.a1_in1k")
+        assert tagged.out_channels == smp.encoders.get_encoder("tu-resnet18", weights=None).out_channels
+        assert as_encoder("convnext_tiny.fb_in1k", depth=3).out_channels == [3, 0, 96, 192]
+
+
 def test_same_weights_same_features_as_smp():
     ours = get_encoder("resnet18").eval()
     theirs = smp.encoders.get_encoder("tu-resnet18", weights=None).eval()
     ours.backbone.model.load_state_dict(theirs.model.state_dict())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        for a, b in zip(ours(x), theirs(x)):
+        for a, b in zip(ours(x), theirs(x), strict=True):
             torch.testing.assert_close(a, b)
 
 
-def test_styles_and_placeholder():
-    enc = get_encoder("convnext_tiny")
-    assert enc.style == "transformer" and enc.strides == [1, 2, 4, 8, 16, 32]
-    feats = enc(torch.randn(2, 3, 64, 64))
+def test_styles_and_placeholder(convnext):
+    assert convnext.style == "transformer" and convnext.strides == [1, 2, 4, 8, 16, 32]
+    feats = convnext(torch.randn(2, 3, 64, 64))
     assert feats[1].shape == (2, 0, 32, 32)
     assert get_encoder("resnet18").style == "cnn"
     assert encoder_style(CNN_STRIDES) == "cnn" and encoder_style(TRANSFORMER_STRIDES[:2]) == "transformer"
 
 
 @pytest.mark.parametrize("depth", [2, 3, 4])
-def test_depth_truncates_like_smp(depth):
-    for name in ["resnet18", "convnext_tiny"]:
-        ours = get_encoder(name, depth=depth)
-        theirs = smp.encoders.get_encoder("tu-" + name, weights=None, depth=depth)
-        assert ours.out_channels == theirs.out_channels
-        assert len(ours(torch.randn(1, 3, 64, 64))) == depth + 1
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny"])
+def test_depth_truncates_like_smp(name, depth):
+    ours = get_encoder(name, depth=depth)
+    theirs = smp.encoders.get_encoder("tu-" + name, weights=None, depth=depth)
+    assert ours.out_channels == theirs.out_channels
+    assert [f.shape[1] for f in ours(torch.randn(1, 3, 64, 64))] == ours.out_channels
 
 
 def test_in_channels():
@@ -77,23 +107,59 @@ def test_in_channels():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: get_encoder("convnxt_tiny"), "did you mean convnext_tiny"),
-        (lambda: get_encoder("resnet18", depth=6), "depth must be in 1..5"),
-        (lambda: get_encoder("convnext_tiny", depth=1), "depth must be at least 2"),
-        (lambda: encoder_style([1, 2, 4, 8, 16, 32]), "unsupported feature strides (1, 2, 4, 8, 16, 32)"),
+        (lambda: get_encoder("convnxt_tiny"), "unknown timm model 'convnxt_tiny'; did you mean convnext_tiny"),
+        (
+            lambda: get_encoder("mit_b0"),
+            r"passed as objects: Encoder\(MobileNetV2Backbone\(\)\), Encoder\(mit\('b0'\)\)",
+        ),
+        (lambda: get_encoder("resnet18", depth=6), r"depth must be in 1\.\.5, got 6"),
+        (
+            lambda: get_encoder("convnext_tiny", depth=1),
+            r"transformer-style backbone, which declares 4; choose depth in 2\.\.5",
+        ),
+        (lambda: encoder_style([1, 2, 4, 8, 16, 32]), r"unsupported feature strides \(1, 2, 4, 8, 16, 32\)"),
+        (lambda: Encoder(Toy(), depth=4), r"needs 3 feature maps .* which declares 2; choose depth in 2\.\.3"),
+        (lambda: Encoder(Toy(), in_channels=0), "in_channels must be a positive integer"),
+        (lambda: Encoder(nn.Linear(2, 2)), "cannot adapt Linear: pass an nn.Module that declares feature_channels"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(build, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_as_encoder_accepts_a_name_a_backbone_or_an_encoder():
+    assert as_encoder("resnet18", depth=3).out_channels == [3, 64, 64, 128]
+    wrapped = as_encoder(Toy(), depth=3)
+    assert isinstance(wrapped, Encoder) and wrapped.out_channels == [3, 0, 8, 16]
+    ready = Encoder(Toy(), in_channels=3, depth=3)
+    assert as_encoder(ready) is ready and as_encoder(ready, in_channels=3, depth=3) is ready
+    fused = FusedEncoder(ready, Encoder(Toy(), depth=3))
+    assert as_encoder(fused, depth=3) is fused
+
+
+@pytest.mark.parametrize(
+    "encoder, kwargs, message",
+    [
+        (42, {}, "cannot use int as an encoder: pass a timm model name, an Encoder, or a backbone"),
+        (nn.Conv2d(3, 8, 3), {}, "cannot adapt Conv2d"),
+        (Encoder(Toy(), depth=3), {"in_channels": 1}, "the encoder takes 3 input channels; pass in_channels=3"),
+        (Encoder(Toy(), depth=3), {"depth": 2}, "the encoder was built with depth 3; pass that depth, not 2"),
+        (Toy(), {"pretrained": True}, "pretrained=True only applies to timm names"),
+    ],
+)
+def test_as_encoder_rejects_what_it_cannot_use(encoder, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        as_encoder(encoder, **kwargs)
 
 
 @pytest.mark.parametrize(
     "x, message",
     [
-        (torch.randn(3, 64, 64), r"expected a \(B, C, H, W\) batch"),
+        (torch.randn(3, 64, 64), r"got shape \(3, 64, 64\); add a batch dimension with x\[None\]"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), r"dtype torch.uint8; convert images with x.float\(\) / 255"),
         (torch.randn(1, 4, 64, 64), "expected 3 input channels, got 4"),
-        (torch.randn(1, 3, 70, 64), "70x64 is not divisible by the encoder's output stride 32; pad it to 96x64"),
+        (torch.randn(1, 3, 70, 64), r"70x64 is not a multiple of the encoder's output stride \(32\); pad it to 96x64"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(x, message):
@@ -101,62 +167,103 @@ def test_bad_inputs_raise_clear_errors(x, message):
         get_encoder("resnet18")(x)
 
 
+def test_backbone_that_breaks_its_declaration_raises():
+    class Liar(Toy):
+        feature_channels = [8, 32]  # the second map really has 16 channels
+
+    with pytest.raises(
+        ValueError, match=r"returned maps with channels \[8, 16\] but declares feature_channels \[8, 32\]"
+    ):
+        Encoder(Liar(), depth=3)(torch.randn(1, 3, 32, 32))
+
+
 def test_pad_to_multiple_round_trip():
     x = torch.randn(1, 3, 70, 45)
     padded, (h, w) = pad_to_multiple(x, 32)
     assert padded.shape[-2:] == (96, 64) and (h, w) == (70, 45)
     torch.testing.assert_close(padded[..., :h, :w], x)
-    get_encoder("resnet18")(padded)
+    assert get_encoder("resnet18")(padded)[-1].shape[-2:] == (3, 2)
 
 
-def test_fused_encoder_handles_placeholder():
-    cnn, vit_like = get_encoder("mobilenetv2_100"), get_encoder("convnext_tiny")
-    fused = FusedEncoder(cnn, vit_like)
+def test_fused_encoder_handles_placeholder(convnext):
+    cnn = get_encoder("mobilenetv2_100")
+    fused = FusedEncoder(cnn, convnext)
     assert fused.out_channels == [3, 16, 24, 32, 96, 320]
+    assert [type(p).__name__ for p in fused.proj] == ["Conv2d"] * 5
+    assert fused.proj[0].in_channels == 16  # the stride-2 stage comes from the CNN alone
     feats = fused(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in feats] == fused.out_channels
-    both_transformer = FusedEncoder(vit_like, get_encoder("pvt_v2_b0"))
+    assert [f.shape[-1] for f in feats] == [64, 32, 16, 8, 4, 2]
+    both_transformer = FusedEncoder(convnext, get_encoder("pvt_v2_b0"))
     assert both_transformer.out_channels == [3, 0, 96, 192, 384, 768]
+    assert isinstance(both_transformer.proj[0], nn.Identity)
     assert both_transformer(torch.randn(1, 3, 64, 64))[1].shape == (1, 0, 32, 32)
-    with pytest.raises(ValueError, match="must stay empty"):
-        FusedEncoder(vit_like, get_encoder("pvt_v2_b0"), out_channels=[3, 8, 96, 192, 384, 768])
+
+
+@pytest.mark.parametrize(
+    "out_channels, message",
+    [
+        ([3, 8, 96, 192, 384, 768], "must be 0 exactly where both encoders have 0"),
+        ([3, 0, 0, 192, 384, 768], "must be 0 exactly where both encoders have 0"),
+        ([3, 0, 96, 192, 384], "must have 6 entries starting with 3"),
+    ],
+)
+def test_fused_encoder_rejects_bad_out_channels(convnext, out_channels, message):
+    with pytest.raises(ValueError, match=message):
+        FusedEncoder(convnext, convnext, out_channels=out_channels)
+
+
+def test_fused_encoder_checks_depth_and_number_of_maps():
+    a, b = Encoder(Toy(), depth=3), Encoder(Toy(), depth=3)
     with pytest.raises(ValueError, match="same depth"):
-        FusedEncoder(cnn, get_encoder("convnext_tiny", depth=4))
+        FusedEncoder(a, Encoder(Toy(), depth=2))
+
+    class DropsLastMap(nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, x):
+            return self.encoder(x)[:-1]
+
+    fused = FusedEncoder(a, b)
+    fused.b = DropsLastMap(b)
+    with pytest.raises(ValueError, match="expected 4 feature maps from each encoder, got 4 and 3"):
+        fused(torch.randn(1, 3, 32, 32))
 
 
 @pytest.mark.parametrize("name", ["convnext_tiny", "mobilenetv2_100"])
-def test_unet_decoder_reads_out_channels(name):
-    enc = get_encoder(name)
-    dec = UnetDecoder(enc.out_channels)
-    assert dec(enc(torch.randn(2, 3, 64, 96))).shape == (2, 16, 64, 96)
-
-
-def test_without_placeholder_index_no_longer_means_stride():
-    """Dropping the placeholder shifts every stage by one index: features[2] (SMP's DeepLabV3+
-    stride-4 skip) is stride 8, the default 5-block decoder no longer fits, and a 4-block
-    decoder skips the stride-2 level with one 4x jump."""
-    enc = get_encoder("convnext_tiny").eval()
-    feats = [f for f in enc(torch.randn(1, 3, 64, 64)) if f.shape[1]]
-    assert 64 // feats[2].shape[-1] == 8
-    channels = [c for c in enc.out_channels if c]
-    with pytest.raises(ValueError, match="decoder_channels"):
-        UnetDecoder(channels)
-    dec = UnetDecoder(channels, decoder_channels=(256, 128, 64, 32)).eval()
-    sizes = []
-    for block in dec.blocks:
-        block.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+@pytest.mark.parametrize("decoder_class", [SmpUnetDecoder, SmpUnetPlusPlusDecoder])
+def test_smp_decoders_read_our_out_channels(name, decoder_class):
+    enc = get_encoder(name).eval()
+    dec = decoder_class(enc.out_channels, decoder_channels=(32, 16, 16, 8, 8)).eval()
     with torch.no_grad():
-        dec(feats)
-    assert sizes == [4, 8, 16, 64]
+        assert dec(enc(torch.randn(1, 3, 64, 96))).shape == (1, 8, 64, 96)
+
+
+def test_without_placeholder_deeplabv3plus_takes_the_stride_8_map_and_fails():
+    """Dropping the placeholder shifts every stage by one index: features[2], DeepLabV3+'s
+    stride-4 skip, is then at stride 8, and the fusion with the 4x-upsampled stride-16 map fails."""
+    encoder = get_encoder("convnext_tiny", depth=4).eval()  # deepest map at stride 16, as DeepLabV3+ wants
+    with torch.no_grad():
+        feats = encoder(torch.randn(1, 3, 64, 64))
+    real = [f for f in feats if f.shape[1]]
+    assert 64 // feats[2].shape[-1] == 4 and 64 // real[2].shape[-1] == 8
+    kwargs = {"out_channels": 32, "atrous_rates": (12, 24, 36), "output_stride": 16, "aspp_separable": True}
+    with_placeholder = DeepLabV3PlusDecoder(encoder.out_channels, encoder_depth=4, aspp_dropout=0.0, **kwargs)
+    with torch.no_grad():
+        assert with_placeholder.eval()(feats).shape == (1, 32, 16, 16)
+    without = DeepLabV3PlusDecoder([c for c in encoder.out_channels if c], encoder_depth=4, aspp_dropout=0.0, **kwargs)
+    with pytest.raises(RuntimeError, match="Sizes of tensors must match"), torch.no_grad():
+        without.eval()(real)
 
 
 def test_encoder_is_adapter_over_declared_pyramid():
-    class Toy(torch.nn.Module):
-        feature_channels, feature_strides = [8, 16], [4, 8]
-
-        def forward(self, x):
-            return [torch.zeros(x.shape[0], 8, x.shape[2] // 4, x.shape[3] // 4), torch.zeros(x.shape[0], 16, x.shape[2] // 8, x.shape[3] // 8)]
-
     enc = Encoder(Toy(), depth=3)
     assert enc.out_channels == [3, 0, 8, 16]
-    assert [tuple(f.shape[1:]) for f in enc(torch.randn(1, 3, 16, 16))] == [(3, 16, 16), (0, 8, 8), (8, 4, 4), (16, 2, 2)]
+    assert [tuple(f.shape[1:]) for f in enc(torch.randn(1, 3, 16, 16))] == [
+        (3, 16, 16),
+        (0, 8, 8),
+        (8, 4, 4),
+        (16, 2, 2),
+    ]
