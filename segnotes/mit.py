@@ -52,6 +52,7 @@ __all__ = [
     "MixTransformer",
     "mit",
     "from_original",
+    "ORIGINAL_KEYS",
 ]
 
 Preset = Literal["b0", "b1", "b2", "b3", "b4", "b5"]
@@ -382,7 +383,7 @@ def mit(preset: Preset = "b0", **overrides) -> MixTransformer:
 # order: original name, segnotes name. {s}: stage counted from 1 (patch_embed1), {i}: from 0, {j}: block.
 # Keys and values are one fused Linear in both layouts, so renaming is all it takes.
 # fmt: off
-_ORIGINAL_KEYS: tuple[tuple[str, str], ...] = (
+ORIGINAL_KEYS: tuple[tuple[str, str], ...] = (
     ("patch_embed{s}.proj",            "stages.{i}.patch_embed.proj"),
     ("patch_embed{s}.norm",            "stages.{i}.patch_embed.norm"),
     ("block{s}.{j}.norm1",             "stages.{i}.blocks.{j}.norm1"),
@@ -402,7 +403,7 @@ _ORIGINAL_PATTERNS = [
     re.compile(
         re.escape(old).replace(r"\{s\}", r"(?P<s>\d+)").replace(r"\{j\}", r"(?P<j>\d+)") + r"\.(?P<suffix>weight|bias)"
     )
-    for old, _ in _ORIGINAL_KEYS
+    for old, _ in ORIGINAL_KEYS
 ]
 
 
@@ -433,7 +434,7 @@ def from_original(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> d
     out, unmapped = {}, []
     for key, tensor in state_dict.items():
         name = key.removeprefix(prefix) if key.startswith(prefix) else ""
-        for (_, new), pattern in zip(_ORIGINAL_KEYS, _ORIGINAL_PATTERNS):
+        for (_, new), pattern in zip(ORIGINAL_KEYS, _ORIGINAL_PATTERNS):
             if match := pattern.fullmatch(name):
                 stage = int(match["s"]) - 1  # patch_embed1 -> stages.0
                 out[new.format(i=stage, j=match.groupdict().get("j")) + "." + match["suffix"]] = tensor
