@@ -5,8 +5,9 @@ same weights: SMP's state dict is loaded into segnotes' ``Unet`` through
 ``convert_smp_state_dict``. Rows, timed in interleaved rounds in one process:
 
 * SMP eager, segnotes eager (outputs identical to SMP's, bit for bit);
-* segnotes ``fuse_for_inference`` (BatchNorm folded into the convolutions, channels_last):
-  outputs equal to SMP's up to float rounding (max abs difference printed);
+* segnotes through ``fuse_for_inference`` (``benchmarks/_fusion.py``: BatchNorm folded into
+  the convolutions, channels_last): outputs equal to SMP's up to float rounding (max abs
+  difference printed);
 * one row per ``decoder_interpolation`` mode, all with the fused fast path.
 
 Run: ``.venv/bin/python benchmarks/unet.py`` (prints a markdown section).
@@ -15,13 +16,18 @@ Run: ``.venv/bin/python benchmarks/unet.py`` (prints a markdown section).
 from __future__ import annotations
 
 import platform
+import sys
+from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import torch
 
-from segnotes.compare import compare_latency
-from segnotes.unet import Unet, convert_smp_state_dict, fuse_for_inference
+from segnotes.cost import compare_latency
+from segnotes.unet import MobileNetV2Backbone, Unet, convert_smp_state_dict
 from segnotes.upsample import MODES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark-only helpers next to this file
+from _fusion import fuse_for_inference  # noqa: E402
 
 SIZE, ROUNDS, WARMUP, THREADS = 512, 7, 2, 2
 
@@ -32,12 +38,16 @@ def run(rounds: int = ROUNDS) -> str:
     torch.manual_seed(0)
     x = torch.rand(1, 3, SIZE, SIZE)
     ref = smp.Unet("mobilenet_v2", encoder_weights=None, classes=1).eval()
-    ours = Unet("mobilenet_v2", classes=1, head_kernel_size=3).eval()
+    ours = Unet(MobileNetV2Backbone(), num_classes=1, head_kernel_size=3).eval()
     ours.load_state_dict(convert_smp_state_dict(ref.state_dict()), strict=True)
-    variants = {"SMP `Unet` (eager)": ref, "segnotes `Unet` (eager)": ours, "segnotes `fuse_for_inference`": fuse_for_inference(ours)}
+    variants = {
+        "SMP `Unet` (eager)": ref,
+        "segnotes `Unet` (eager)": ours,
+        "segnotes `fuse_for_inference`": fuse_for_inference(ours),
+    }
     for mode in MODES:
         variants[f"segnotes fused, `decoder_interpolation={mode!r}`"] = fuse_for_inference(
-            Unet("mobilenet_v2", classes=1, head_kernel_size=3, decoder_interpolation=mode)
+            Unet(MobileNetV2Backbone(), num_classes=1, head_kernel_size=3, decoder_interpolation=mode)
         )
     with torch.inference_mode():
         y = ref(x)

@@ -1,20 +1,21 @@
-"""Figures used across the book: image/mask/prediction grids, feature maps, curves.
+"""Figures used across the book: image/mask/prediction grids, feature maps, curves, receptive fields.
 
 Every function returns the matplotlib ``Figure`` (notebooks display it as PNG).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.patches import Patch
+from matplotlib.patches import Circle, Patch
 
 from .data import CLASS_NAMES, PALETTE
 
-__all__ = ["colorize", "show_segmentation", "show_features", "plot_history"]
+__all__ = ["colorize", "show_segmentation", "show_features", "plot_history", "show_receptive_fields"]
 
 
 def _to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -103,4 +104,42 @@ def plot_history(histories: Mapping[str, object], axes=None):
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def show_receptive_fields(
+    fields: Mapping[str, object], fraction: float = 0.5, size: float = 2.2, columns: int | None = None
+):
+    """One panel per effective receptive field (shared log colour scale) with the disc that holds ``fraction`` of it.
+
+    Args:
+        fields: ``{"title": ReceptiveField}`` (:class:`segnotes.erf.ReceptiveField`: ``map``, ``centre``, ``radius``,
+            ``relative_radius``).
+        fraction: share of the mass inside the drawn disc, in (0, 1].
+        size: inches per panel.
+        columns: panels per row; default: all in one row.
+
+    Returns:
+        The matplotlib ``Figure``. Colours are log10 of each map's share per pixel, with the
+        same limits on every panel (4 decades below the largest value), so a faint
+        far-away floor that a linear scale hides stays visible and panels compare.
+    """
+    if not fields:
+        raise ValueError("fields is empty: pass {'title': ReceptiveField, ...}")
+    columns = columns or len(fields)
+    rows = math.ceil(len(fields) / columns)
+    logs = {title: field.map.detach().cpu().float().clamp(min=1e-12).log10() for title, field in fields.items()}
+    vmax = max(float(image.max()) for image in logs.values())
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 0.8, size * rows + 0.3), squeeze=False)
+    for ax in axes.flat[len(fields) :]:
+        ax.set_axis_off()
+    for ax, (title, field) in zip(axes.flat, fields.items()):
+        im = ax.imshow(logs[title].numpy(), cmap="magma", vmin=vmax - 4, vmax=vmax)
+        r = field.radius(fraction)
+        ax.add_patch(Circle(field.centre[::-1], r, fill=False, color="cyan", lw=1.2))
+        ax.set_title(
+            f"{title}\nr{fraction * 100:.0f} = {r:.0f} px ({field.relative_radius(fraction):.2f} x uniform)", fontsize=8
+        )
+        ax.set_axis_off()
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="log10 share of the gradient")
     return fig
