@@ -74,7 +74,7 @@ def test_trace_finds_mobilenet_downsampling_points():
 def test_trace_prints_an_aligned_table():
     table = str(Trace([Stage("stem", (1, 8, 4, 4), 4, 8), Stage("tokens", (1, 16, 8), None, 8)]))
     assert table.splitlines() == [
-        "name        shape  stride  channels",
+        "name      shape  stride  channels",
         "stem    1x8x4x4       4         8",
         "tokens   1x16x8       -         8",
     ]
