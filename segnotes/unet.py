@@ -1,58 +1,90 @@
-"""Chapters 1-3: MobileNetV2 as a UNet encoder, the UNet and UNet++ decoders.
+"""Chapter 2: MobileNetV2 as a UNet encoder, and the UNet and UNet++ decoders.
 
-Ronneberger et al., "U-Net: Convolutional Networks for Biomedical Image
-Segmentation", MICCAI 2015, https://arxiv.org/abs/1505.04597.
-Zhou et al., "UNet++: A Nested U-Net Architecture for Medical Image Segmentation",
-2018, https://arxiv.org/abs/1807.10165.
+Ronneberger et al., "U-Net: Convolutional Networks for Biomedical Image Segmentation",
+MICCAI 2015, https://arxiv.org/abs/1505.04597.
+Zhou et al., "UNet++: A Nested U-Net Architecture for Medical Image Segmentation", 2018,
+https://arxiv.org/abs/1807.10165.
 Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018,
 https://arxiv.org/abs/1801.04381.
 
-A UNet taps the encoder right *before* each downsampling: the last, most processed
-map at every resolution. For torchvision's MobileNetV2 (the layout
-segmentation_models.pytorch (SMP) uses) these are ``features[1, 3, 6, 13]`` at
+**Where the skips come from.** A UNet taps the encoder right *before* each downsampling:
+the last, most processed map at every resolution. For torchvision's MobileNetV2 (the
+layout segmentation_models.pytorch, SMP, uses) these are ``features[1, 3, 6, 13]`` at
 strides 2, 4, 8, 16 (16, 24, 32, 96 channels) and, at stride 32, the final 1x1
-convolution ``features[18]`` (1280 channels). :func:`skip_points` finds them with
-:func:`segnotes.inspect.trace`. timm's ``mobilenetv2_100`` has the same blocks, but
-its ``features_only`` pyramid stops at the last inverted residual (320 channels at
-stride 32) and leaves out the 1x1 "head" convolution to 1280 channels.
+convolution ``features[18]`` (1280 channels); :func:`skip_points` measures them with
+:func:`segnotes.inspect.trace`. :class:`MobileNetV2Backbone` is passed to a model as an
+object, like every backbone of the book (:func:`segnotes.encoders.as_encoder`).
 
-The decoders are built from ``encoder.out_channels`` alone (chapter 1's convention):
-block ``i`` upsamples to the size of the map at stride ``2**i``, concatenates it as a
-skip and applies two conv-BN-ReLU. A skip with 0 channels (the stride-2 placeholder
-of a transformer-style encoder) is not concatenated: the block only upsamples. UNet++
-replaces the single skip by a dense grid of intermediate nodes; nodes that would have
-0 channels are simply not built. The upsampling mode of every block comes from
-:func:`segnotes.upsample.make_upsample` (chapter 3).
+**The decoders** are built from ``encoder.out_channels`` alone (chapter 1's
+convention, index ``i`` = stride ``2**i``). A :class:`DecoderBlock` upsamples to its
+skip's size, concatenates the skip and applies two 3x3 conv-BN-ReLU (torchvision's
+``Conv2dNormActivation``). Every block receives a skip tensor; where there is nothing to
+concatenate it receives that map with 0 of its channels (``f[:, :0]``): the input image
+at stride 1, a transformer encoder's stride-2 placeholder (already 0 channels), and
+every skip of the no-skip ablation. ``torch.cat`` with a 0-channel tensor and a
+convolution over ``C + 0`` channels need no special case, so the code has none. UNet++
+replaces the single skip by a grid of nested nodes; nodes whose row has 0 channels are
+not built (as in SMP, so the state dicts match). The upsampling of every block is
+:func:`segnotes.upsample.make_upsample` (chapter 3), which validates the mode.
+
+**One preset convention.** The decoder and head options live in one typed
+:class:`UnetConfig`; :data:`UNET_PRESETS` names two of them: ``"smp"`` (SMP's
+defaults, ``decoder_channels=(256, 128, 64, 32, 16)`` and a 3x3 head; also the defaults
+of :class:`Unet`) and ``"book"`` (``(64, 32, 16, 16, 8)`` and a 1x1 head, the
+decoder the chapters train: about half the cost of a training step on a CPU).
+:func:`unet` builds either model from a preset and overrides.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torchvision.ops import Conv2dNormActivation
 
-from .encoders import get_encoder, register_encoder
-from .upsample import MODES, make_upsample
+from .encoders import as_encoder
+from .inspect import trace
+from .model import SegmentationHead, SegmentationModel, check_choice, check_positive
+from .upsample import UpsampleMode, make_upsample
 
 __all__ = [
+    "UnetConfig",
     "MOBILENET_V2_SKIPS",
     "skip_points",
     "MobileNetV2Backbone",
-    "ConvBNReLU",
     "DecoderBlock",
     "UnetDecoder",
     "UnetPlusPlusDecoder",
     "Unet",
     "UnetPlusPlus",
     "convert_smp_state_dict",
-    "fuse_for_inference",
+    "UNET_PRESETS",
+    "unet",
 ]
 
+Preset = Literal["smp", "book"]
+EncoderWeights = Literal["imagenet"] | None
+
+
+@dataclass(frozen=True)
+class UnetConfig:
+    """Decoder and head options of :class:`Unet` and :class:`UnetPlusPlus` (see :data:`UNET_PRESETS`)."""
+
+    # Output channels of each decoder block, deepest first; one block per encoder stage.
+    # SMP's default; the width halves as the resolution doubles, so every block costs about the same.
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    # How every block upsamples (chapter 3); "nearest" is SMP's default and has no parameters.
+    decoder_interpolation: UpsampleMode = "nearest"
+    # 3: SMP's head. 1 is enough after the decoder's 3x3 convolutions (a per-pixel classifier).
+    head_kernel_size: Literal[1, 3] = 3
+
+
 # Indices into torchvision's ``mobilenet_v2().features`` whose outputs are the skips
-# (strides 2, 4, 8, 16) and the bottleneck (stride 32); ``skip_points`` recomputes them.
+# (strides 2, 4, 8, 16) and the bottleneck (stride 32); ``skip_points`` measures them.
 MOBILENET_V2_SKIPS = (1, 3, 6, 13, 18)
 
 
@@ -66,15 +98,17 @@ def skip_points(features: nn.Module, size: int = 64, in_channels: int = 3) -> li
 
     Returns:
         One child index per stride, e.g. ``[1, 3, 6, 13, 18]`` for MobileNetV2.
-    """
-    from .inspect import trace
 
+    Example:
+        >>> skip_points(torchvision.models.mobilenet_v2().features)
+        [1, 3, 6, 13, 18]
+    """
     points = trace(features, torch.zeros(1, in_channels, size, size)).downsampling_points()
     return [int(p.name) for p in points]
 
 
 class MobileNetV2Backbone(nn.Module):
-    """torchvision's MobileNetV2 body returning the maps a UNet taps.
+    """torchvision's MobileNetV2 body, returning the maps a UNet taps.
 
     Args:
         in_channels: input channels (a new stem convolution when not 3).
@@ -83,6 +117,10 @@ class MobileNetV2Backbone(nn.Module):
     Shapes:
         (B, in_channels, H, W) -> 5 maps (B, C_i, H / s_i, W / s_i) with
         ``feature_channels`` C = (16, 24, 32, 96, 1280) and ``feature_strides`` s = (2, 4, 8, 16, 32).
+
+    Example:
+        >>> Unet(MobileNetV2Backbone(), num_classes=2).encoder.out_channels
+        [3, 16, 24, 32, 96, 1280]
     """
 
     def __init__(self, in_channels: int = 3, pretrained: bool = False):
@@ -90,115 +128,128 @@ class MobileNetV2Backbone(nn.Module):
         import torchvision
 
         if pretrained and in_channels != 3:
-            raise ValueError(f"pretrained MobileNetV2 weights expect in_channels=3, got {in_channels}; use pretrained=False")
+            raise ValueError(f"ImageNet weights expect in_channels=3, got {in_channels}; use pretrained=False")
         net = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1" if pretrained else None)
-        self.features = net.features  # 19 children: stem, 17 inverted residuals, 1x1 conv to 1280
+        self.features = net.features  # 19 children: stem conv, 17 inverted residuals, 1x1 conv to 1280
         if in_channels != 3:
             self.features[0][0] = nn.Conv2d(in_channels, 32, 3, stride=2, padding=1, bias=False)
+        self.in_channels = in_channels
         self.taps = MOBILENET_V2_SKIPS
         self.feature_channels: list[int] = [self.features[i].out_channels for i in self.taps]
         self.feature_strides: list[int] = [2, 4, 8, 16, 32]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
+        maps = []
         for i, layer in enumerate(self.features):
             x = layer(x)
-            if i in self.taps:
-                features.append(x)
-        return features
-
-
-@register_encoder("mobilenet_v2")
-def _mobilenet_v2(in_channels: int = 3, pretrained: bool = False) -> MobileNetV2Backbone:
-    return MobileNetV2Backbone(in_channels, pretrained)
-
-
-class ConvBNReLU(nn.Sequential):
-    """3x3 (by default) convolution without bias, BatchNorm, ReLU: (B, C_in, H, W) -> (B, C_out, H, W)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+            if i in self.taps:  # the last child before the next stride-2 child (or the end)
+                maps.append(x)
+        return maps
 
 
 class DecoderBlock(nn.Module):
-    """Upsample, concatenate the skip (if it has channels), two conv-BN-ReLU.
+    """Upsample to the skip's size, concatenate the skip, two 3x3 conv-BN-ReLU.
 
     Args:
         in_channels: channels of the incoming decoder map.
-        skip_channels: channels of the skip; 0 means there is no skip at this stride.
+        skip_channels: channels of the skip; 0 where there is nothing to concatenate.
         out_channels: channels out.
         interpolation: upsampling mode, one of :data:`segnotes.upsample.MODES`.
 
     Shapes:
         x (B, in_channels, h, w), skip (B, skip_channels, H, W) -> (B, out_channels, H, W).
-        The target size is ``size`` if given, else the skip's, else (2h, 2w).
+
+    Example:
+        >>> DecoderBlock(32, 16, 8)(torch.randn(1, 32, 4, 4), torch.randn(1, 16, 8, 8)).shape
+        torch.Size([1, 8, 8, 8])
     """
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, interpolation: str = "nearest"):
+    def __init__(
+        self, in_channels: int, skip_channels: int, out_channels: int, interpolation: UpsampleMode = "nearest"
+    ):
         super().__init__()
-        self.skip_channels = skip_channels
         self.upsample = make_upsample(interpolation, in_channels)
-        self.conv1 = ConvBNReLU(in_channels + skip_channels, out_channels)
-        self.conv2 = ConvBNReLU(out_channels, out_channels)
+        self.conv1 = Conv2dNormActivation(in_channels + skip_channels, out_channels)  # 3x3, no bias, BN, ReLU
+        self.conv2 = Conv2dNormActivation(out_channels, out_channels)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size: Sequence[int] | None = None) -> torch.Tensor:
-        if size is None and skip is not None:
-            size = skip.shape[-2:]
-        x = self.upsample(x, size)
-        if self.skip_channels > 0:
-            x = torch.cat([x, skip], dim=1)  # (B, in + skip, H, W)
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.upsample(x, skip.shape[-2:])  # (B, in, H, W): the skip's size, odd sizes included
+        x = torch.cat([x, skip], dim=1)  # (B, in + skip, H, W); a 0-channel skip adds nothing
         return self.conv2(self.conv1(x))
 
 
-def _check_decoder_args(encoder_channels: Sequence[int], decoder_channels: Sequence[int], interpolation: str) -> None:
+def _check_channels(encoder_channels: Sequence[int], decoder_channels: Sequence[int]) -> int:
+    """Raise a ``ValueError`` unless there is one positive decoder width per encoder stage; return the depth."""
     depth = len(encoder_channels) - 1
+    if depth < 1:
+        raise ValueError(f"encoder_channels needs the input and at least one stage, got {list(encoder_channels)}")
     if len(decoder_channels) != depth:
         raise ValueError(
-            f"decoder_channels needs one entry per encoder stage ({depth}), got {len(decoder_channels)}: {tuple(decoder_channels)}"
+            f"decoder_channels needs one entry per encoder stage ({depth} for encoder_channels "
+            f"{list(encoder_channels)}), got {len(decoder_channels)}: {tuple(decoder_channels)}"
         )
-    if interpolation not in MODES:
-        raise ValueError(f"unknown decoder interpolation {interpolation!r}; choose one of {MODES}")
+    for c in decoder_channels:
+        check_positive("every decoder_channels entry", c)
+    return depth
+
+
+def _check_features(features: Sequence[torch.Tensor], encoder_channels: Sequence[int]) -> None:
+    """Raise a ``ValueError`` unless ``features`` are the maps the decoder was built for."""
+    channels = [f.shape[1] for f in features]
+    if channels != list(encoder_channels):
+        raise ValueError(
+            f"the decoder was built for {len(encoder_channels)} maps with channels {list(encoder_channels)}, "
+            f"got {len(channels)} maps with channels {channels}; build it from the encoder's out_channels"
+        )
 
 
 class UnetDecoder(nn.Module):
     """The UNet decoder for any encoder following the SMP ``out_channels`` convention.
 
+    Block ``k`` (deepest first) upsamples to stride ``2**(depth-1-k)`` and concatenates the
+    encoder map there. The last block ends at stride 1, where the map is the input image:
+    it is passed with 0 channels (a UNet never concatenates the image), as is every skip
+    when ``use_skips=False``.
+
     Args:
-        encoder_channels: the encoder's ``out_channels`` (input first), e.g. ``[3, 0, 96, 192, 384, 768]``.
-        decoder_channels: output channels of each block, deepest first; one block per
-            downsampling stage, so ``len(decoder_channels) == len(encoder_channels) - 1``.
+        encoder_channels: the encoder's ``out_channels`` (input first), e.g. ``[3, 16, 24, 32, 96, 1280]``.
+        decoder_channels: output channels of each block, deepest first; ``len(encoder_channels) - 1`` entries.
         interpolation: upsampling mode of every block, one of :data:`segnotes.upsample.MODES`.
-        use_skips: ``False`` builds the same decoder without skip connections (an ablation).
+        use_skips: ``False`` builds the same blocks without skip connections (an ablation).
 
     Shapes:
-        features: list of ``depth + 1`` maps from the encoder -> (B, decoder_channels[-1], H, W)
-        at the input resolution.
+        ``depth + 1`` maps, map ``i`` (B, encoder_channels[i], H / 2**i, W / 2**i)
+        -> (B, decoder_channels[-1], H, W).
+
+    Example:
+        >>> UnetDecoder([3, 0, 8, 16], (16, 8, 4)).blocks[1].conv1[0].in_channels  # 16 + a 0-channel skip
+        16
     """
 
     def __init__(
         self,
         encoder_channels: Sequence[int],
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-        interpolation: str = "nearest",
+        decoder_channels: Sequence[int] = UnetConfig.decoder_channels,
+        *,
+        interpolation: UpsampleMode = "nearest",
         use_skips: bool = True,
     ):
         super().__init__()
-        _check_decoder_args(encoder_channels, decoder_channels, interpolation)
-        # Block k (deepest first) ends at stride 2**(depth-1-k) and takes that map as its skip;
-        # the last block ends at stride 1, where the "skip" is the input image: never used.
-        skips = [*list(encoder_channels[1:-1])[::-1], 0] if use_skips else [0] * len(decoder_channels)
+        depth = _check_channels(encoder_channels, decoder_channels)
+        self.encoder_channels = list(encoder_channels)
+        # Channels each block takes from the map at its stride: strides 2**(depth-1), ..., 2, then 1 (the image).
+        self.skip_channels = [*encoder_channels[-2:0:-1], 0] if use_skips else [0] * depth
         ins = [encoder_channels[-1], *decoder_channels[:-1]]
-        self.blocks = nn.ModuleList(DecoderBlock(i, s, o, interpolation) for i, s, o in zip(ins, skips, decoder_channels))
+        self.blocks = nn.ModuleList(
+            DecoderBlock(i, s, o, interpolation) for i, s, o in zip(ins, self.skip_channels, decoder_channels)
+        )
         self.out_channels = decoder_channels[-1]
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]
-        for block, skip in zip(self.blocks, features[-2::-1]):  # strides 2**(depth-1), ..., 2, 1
-            x = block(x, skip)  # a 0-channel block only reads the skip's size
+        _check_features(features, self.encoder_channels)
+        x = features[-1]  # the bottleneck
+        for block, skip, c in zip(self.blocks, features[-2::-1], self.skip_channels):
+            x = block(x, skip[:, :c])  # all of the map's channels, or none
         return x
 
 
@@ -206,204 +257,209 @@ class UnetPlusPlusDecoder(nn.Module):
     """UNet++: nested, densely connected skip pathways over an SMP-convention encoder.
 
     Node ``X[i, j]`` lives at stride ``2**i``; ``X[i, 0]`` is the encoder map and, for
-    ``j >= 1``, ``X[i, j] = block(up(X[i+1, j-1]), cat(X[i, j-1], ..., X[i, 0]))``.
-    The main path ``X[depth-j, j]`` has ``decoder_channels[j-1]`` channels, the other
-    nodes as many as the encoder map at their stride (0-channel nodes are not built),
-    and a last block ``X[0, depth]`` upsamples to the input size without a skip. The
-    UNet is the special case that keeps only the main path.
+    ``j >= 1``, ``X[i, j] = block(X[i+1, j-1], cat(X[i, j-1], ..., X[i, 0]))``. The main
+    path ``X[depth-j, j]`` has ``decoder_channels[j-1]`` channels and ends at ``X[0, depth]``;
+    every other node has the channels of its row's encoder map. Row 0 (the input image)
+    and, without skips, every row but the bottleneck count 0 channels, as does a
+    transformer encoder's stride-2 placeholder; their off-path nodes are not built.
+    ``UnetDecoder`` is the special case that keeps only the main path.
 
     Args:
-        encoder_channels, decoder_channels, interpolation: as :class:`UnetDecoder`.
+        encoder_channels, decoder_channels, interpolation, use_skips: as :class:`UnetDecoder`.
 
     Shapes:
-        features: ``depth + 1`` maps -> (B, decoder_channels[-1], H, W).
+        ``depth + 1`` maps -> (B, decoder_channels[-1], H, W).
+
+    Example:
+        >>> sorted(UnetPlusPlusDecoder([3, 0, 8, 16], (16, 8, 4)).blocks)  # no node in the empty row 1
+        ['x_0_3', 'x_1_2', 'x_2_1']
     """
 
     def __init__(
         self,
         encoder_channels: Sequence[int],
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-        interpolation: str = "nearest",
+        decoder_channels: Sequence[int] = UnetConfig.decoder_channels,
+        *,
+        interpolation: UpsampleMode = "nearest",
+        use_skips: bool = True,
     ):
         super().__init__()
-        _check_decoder_args(encoder_channels, decoder_channels, interpolation)
-        depth = self.depth = len(encoder_channels) - 1
+        depth = self.depth = _check_channels(encoder_channels, decoder_channels)
+        self.encoder_channels = list(encoder_channels)
+        rows = [0, *encoder_channels[1:-1]] if use_skips else [0] * depth
+        self.row_channels = [*rows, encoder_channels[-1]]  # channels of X[i, 0] that the grid uses
 
         def channels(i: int, j: int) -> int:
-            if j > 0 and i + j == depth:
-                return decoder_channels[j - 1]  # main path
-            return encoder_channels[i]  # encoder map and nested nodes at stride 2**i
+            return decoder_channels[j - 1] if j > 0 and i + j == depth else self.row_channels[i]
 
         blocks = {}
-        for i, j in self._nodes():
-            skip = sum(channels(i, k) for k in range(j)) if i > 0 else 0
-            if channels(i, j) > 0:
-                blocks[f"x_{i}_{j}"] = DecoderBlock(channels(i + 1, j - 1), skip, channels(i, j), interpolation)
+        for j in range(1, depth + 1):  # column by column: the order of computation
+            for i in range(depth - j, -1, -1):
+                if channels(i, j) > 0:
+                    skip = sum(channels(i, k) for k in range(j))
+                    blocks[f"x_{i}_{j}"] = DecoderBlock(channels(i + 1, j - 1), skip, channels(i, j), interpolation)
         self.blocks = nn.ModuleDict(blocks)
         self.out_channels = decoder_channels[-1]
 
-    def _nodes(self) -> list[tuple[int, int]]:
-        """(i, j) of every decoder node in computation order (column by column)."""
-        d = self.depth
-        return [(i, j) for j in range(1, d + 1) for i in range(d - j, 0 if j < d else -1, -1)]
-
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        X = {(i, 0): f for i, f in enumerate(features)}
-        for i, j in self._nodes():
-            block = self.blocks[f"x_{i}_{j}"] if f"x_{i}_{j}" in self.blocks else None
-            if block is None:  # a 0-channel node (stride-2 placeholder of a transformer encoder)
-                X[i, j] = features[i]
-                continue
-            skips = [X[i, k] for k in reversed(range(j))] if i > 0 else []
-            skip = torch.cat(skips, dim=1) if block.skip_channels > 0 else None  # (B, sum C, H, W)
-            X[i, j] = block(X[i + 1, j - 1], skip, size=features[i].shape[-2:])
+        _check_features(features, self.encoder_channels)
+        X = {(i, 0): f[:, :c] for i, (f, c) in enumerate(zip(features, self.row_channels))}
+        for name, block in self.blocks.items():
+            i, j = map(int, name[2:].split("_"))
+            # Nodes that were not built would add 0 channels: leaving them out changes nothing.
+            skip = torch.cat([X[i, k] for k in reversed(range(j)) if (i, k) in X], dim=1)  # (B, sum C, H_i, W_i)
+            X[i, j] = block(X[i + 1, j - 1], skip)
         return X[0, self.depth]
 
 
-class _EncoderDecoder(nn.Module):
-    """Encoder -> decoder -> head; subclasses choose the decoder."""
+class Unet(SegmentationModel):
+    """UNet: an encoder, a decoder that upsamples and concatenates the encoder's skips, a head.
+
+    The arguments follow segmentation_models.pytorch's ``smp.Unet``, whose defaults
+    (:data:`UNET_PRESETS` ``"smp"``) are this class's: with the same weights the outputs
+    are equal. Differences: the encoder is a timm name or a backbone *object* (SMP:
+    names only), ``num_classes`` is SMP's ``classes``, weights default to random (the
+    book runs offline), the head kernel is a choice, ``decoder_interpolation`` also
+    accepts the learnable ``"transposed"`` and ``"pixelshuffle"`` (chapter 3), and
+    ``use_skips=False`` builds the chapter's ablation.
+
+    Args:
+        encoder: a timm model name (``"resnet18"``, ``"convnext_tiny"``, ...) or a backbone
+            object such as :class:`MobileNetV2Backbone` (see :func:`segnotes.encoders.as_encoder`).
+        num_classes: output channels (logits), at least 1.
+        encoder_depth: downsampling stages, 1..5; ``len(decoder_channels)`` must equal it.
+        encoder_weights: ``None`` (random) or ``"imagenet"`` (timm names only).
+        decoder_channels: channels of each decoder block, deepest first.
+        decoder_interpolation: one of :data:`segnotes.upsample.MODES`.
+        head_kernel_size: 1 or 3.
+        use_skips: ``False`` drops every skip connection.
+        in_channels: input channels, at least 1.
+
+    Shapes:
+        (B, in_channels, H, W) -> (B, num_classes, H, W); H and W multiples of ``2**encoder_depth``.
+
+    Example:
+        >>> Unet(MobileNetV2Backbone(), num_classes=5)(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 5, 64, 64])
+    """
 
     decoder_class: type[nn.Module] = UnetDecoder
 
     def __init__(
         self,
-        encoder_name: str = "mobilenet_v2",
+        encoder: str | nn.Module,
+        *,
+        num_classes: int = 1,
         encoder_depth: int = 5,
-        encoder_weights: str | None = None,
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-        decoder_interpolation: str = "nearest",
+        encoder_weights: EncoderWeights = None,
+        decoder_channels: Sequence[int] = UnetConfig.decoder_channels,
+        decoder_interpolation: UpsampleMode = UnetConfig.decoder_interpolation,
+        head_kernel_size: Literal[1, 3] = UnetConfig.head_kernel_size,
+        use_skips: bool = True,
         in_channels: int = 3,
-        classes: int = 1,
-        head_kernel_size: int = 1,
-        **decoder_kwargs,
     ):
-        super().__init__()
-        if encoder_weights not in (None, "imagenet"):
-            raise ValueError(f"encoder_weights must be None or 'imagenet', got {encoder_weights!r}")
-        if head_kernel_size not in (1, 3):
-            raise ValueError(f"head_kernel_size must be 1 or 3, got {head_kernel_size}")
-        if classes < 1:
-            raise ValueError(f"classes must be a positive integer, got {classes}")
-        self.encoder = get_encoder(encoder_name, in_channels, encoder_depth, pretrained=encoder_weights is not None)
-        self.decoder = self.decoder_class(self.encoder.out_channels, decoder_channels, decoder_interpolation, **decoder_kwargs)
-        self.segmentation_head = nn.Conv2d(decoder_channels[-1], classes, head_kernel_size, padding=head_kernel_size // 2)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_channels, H, W) -> decoder map (B, decoder_channels[-1], H, W)."""
-        return self.decoder(self.encoder(x))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder map -> logits (B, classes, H, W)."""
-        return self.segmentation_head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(x)  # depth + 1 maps, index i at stride 2**i; checks the input size
-        decoded = self.decoder(features)  # (B, decoder_channels[-1], H, W)
-        return self.segmentation_head(decoded)  # (B, classes, H, W)
+        check_positive("in_channels", in_channels)  # before timm builds a stem for 0 channels
+        check_choice("encoder_weights", encoder_weights, (None, "imagenet"))
+        enc = as_encoder(encoder, in_channels, encoder_depth, pretrained=encoder_weights is not None)
+        decoder = self.decoder_class(
+            enc.out_channels, decoder_channels, interpolation=decoder_interpolation, use_skips=use_skips
+        )
+        head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=head_kernel_size)
+        super().__init__(enc, decoder, head, in_channels=in_channels)
 
 
-class Unet(_EncoderDecoder):
-    """UNet: an encoder, a decoder that upsamples and concatenates the encoder's skips, a 1x1 head.
+class UnetPlusPlus(Unet):
+    """UNet++ (nested dense skips, :class:`UnetPlusPlusDecoder`) with the arguments of :class:`Unet`.
 
-    Argument names follow segmentation_models.pytorch's ``smp.Unet``. Differences: the
-    head is a 1x1 convolution by default (SMP: 3x3, ``head_kernel_size=3`` matches it),
-    weights default to random (the book runs offline), and ``decoder_interpolation``
-    also accepts the learnable ``"transposed"`` and ``"pixelshuffle"``.
-
-    Args:
-        encoder_name: ``"mobilenet_v2"`` or any name :func:`segnotes.encoders.get_encoder` knows
-            (a timm model such as ``"resnet18"`` or ``"convnext_tiny"``, a book encoder).
-        encoder_depth: downsampling stages, 1..5; ``len(decoder_channels)`` must equal it.
-        encoder_weights: ``None`` (random init) or ``"imagenet"``.
-        decoder_channels: channels of each decoder block, deepest first.
-        decoder_interpolation: one of :data:`segnotes.upsample.MODES`; default ``"nearest"``.
-        in_channels: input channels.
-        classes: output channels (logits).
-        head_kernel_size: 1 (default) or 3.
-        use_skips: ``False`` drops every skip connection (the chapter's ablation).
-
-    Shapes:
-        (B, in_channels, H, W) -> (B, classes, H, W); H and W divisible by ``2**encoder_depth``.
+    Unlike SMP's ``UnetPlusPlus``, which rejects its MiT encoders, any encoder works: the
+    nodes of a 0-channel row are not built. ``use_skips=False`` leaves only the main path
+    without skips, the same decoder as ``Unet(use_skips=False)``.
 
     Example:
-        >>> Unet("mobilenet_v2", classes=5)(torch.randn(1, 3, 64, 64)).shape
-        torch.Size([1, 5, 64, 64])
-    """
-
-    decoder_class = UnetDecoder
-
-
-class UnetPlusPlus(_EncoderDecoder):
-    """UNet++ (nested dense skips) with the arguments of :class:`Unet` (except ``use_skips``).
-
-    Unlike segmentation_models.pytorch, which rejects its MiT encoders for UNet++, any
-    encoder works: nodes at a 0-channel placeholder stride are not built.
-
-    Example:
-        >>> UnetPlusPlus("mobilenet_v2", classes=5)(torch.randn(1, 3, 64, 64)).shape
+        >>> UnetPlusPlus(MobileNetV2Backbone(), num_classes=5)(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 5, 64, 64])
     """
 
     decoder_class = UnetPlusPlusDecoder
 
 
-# segmentation_models.pytorch -> segnotes key renames, applied in order.
-_SMP_KEYS = (
-    (r"^encoder\.features\.", "encoder.backbone.features."),  # torchvision MobileNetV2 body
-    (r"^encoder\.model\.", "encoder.backbone.model."),  # timm ("tu-") encoders
-    (r"^segmentation_head\.0\.", "segmentation_head."),  # SMP's head is Sequential(conv, upsampling, activation)
+# SMP key -> segnotes key, tried in order; every key must match one rule. In the UNet++ rule,
+# SMP's node x_{d}_{l} (row l counted from the bottleneck, d columns left of the main path) is
+# node x_{i}_{j} with i = depth - 1 - l, j = l - d + 1 (SMP's last node x_0_{depth-1} is x_0_{depth}).
+# SMP's head is Sequential(conv, upsampling, activation); ours Sequential(conv, upsampling).
+_CONV = r"conv[12]\.[01]\.[a-z_]+"  # conv1/conv2, then Conv2d (0) or BatchNorm2d (1), then the tensor
+# fmt: off
+_SMP_KEYS: tuple[tuple[str, str], ...] = (
+    (r"encoder\.features\.(?P<rest>.+)",                              "encoder.backbone.features.{rest}"),  # MNv2
+    (r"encoder\.model\.(?P<rest>.+)",                                 "encoder.backbone.model.{rest}"),  # tu- (timm)
+    (rf"decoder\.blocks\.(?P<k>\d+)\.(?P<rest>{_CONV})",              "decoder.blocks.{k}.{rest}"),  # UNet
+    (rf"decoder\.blocks\.x_(?P<d>\d+)_(?P<l>\d+)\.(?P<rest>{_CONV})", "decoder.blocks.x_{i}_{j}.{rest}"),  # UNet++
+    (r"segmentation_head\.0\.(?P<rest>weight|bias)",                  "head.0.{rest}"),
 )
+# fmt: on
 
 
 def convert_smp_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an ``smp.Unet`` / ``smp.UnetPlusPlus`` state dict to :class:`Unet` / :class:`UnetPlusPlus` keys.
 
-    UNet++ nodes: SMP's ``x_{d}_{l}`` (row ``l`` counted from the bottleneck, ``d``
-    columns left of the main path) is node ``x_{i}_{j}`` with ``i = depth - 1 - l``,
-    ``j = l - d + 1``; SMP's last node ``x_0_{depth-1}`` is ``x_0_{depth}``.
-    Returns the dict unchanged if it already has segnotes keys.
+    Supports SMP's ``mobilenet_v2`` encoder (load it into :class:`MobileNetV2Backbone`) and
+    its ``tu-`` timm encoders (load it into the same timm name). A dict that already has
+    segnotes keys is returned unchanged.
+
+    Args:
+        state_dict: ``smp_model.state_dict()``.
+
+    Returns:
+        A new dict with the same tensors under segnotes keys, for ``load_state_dict(..., strict=True)``.
 
     Raises:
-        ValueError: a key that no rule maps.
+        ValueError: a key that no rule maps (e.g. SMP's ``center`` block or attention), named.
+
+    Example:
+        >>> ours.load_state_dict(convert_smp_state_dict(smp_unet.state_dict()))  # doctest: +SKIP
     """
     if any(k.startswith("encoder.backbone.") for k in state_dict):
         return dict(state_dict)
-    nodes = [re.match(r"decoder\.blocks\.x_(\d+)_(\d+)\.", k) for k in state_dict]
-    depth = 1 + max((int(m.group(2)) for m in nodes if m), default=-1)
+    rows = [int(m["l"]) for k in state_dict if (m := re.match(r"decoder\.blocks\.x_\d+_(?P<l>\d+)\.", k))]
+    depth = max(rows, default=-1) + 1  # UNet++ only: SMP's last node is x_0_{depth-1}
     out = {}
     for key, value in state_dict.items():
-        new = key
-        for pattern, repl in _SMP_KEYS:
-            new = re.sub(pattern, repl, new)
-        m = re.match(r"decoder\.blocks\.x_(\d+)_(\d+)\.", key)
-        if m:
-            d, l = int(m.group(1)), int(m.group(2))
-            new = f"decoder.blocks.x_{depth - 1 - l}_{l - d + 1}." + key[m.end() :]
-        if new == key and not key.startswith("decoder.blocks."):
-            raise ValueError(f"no rule maps SMP key {key!r}; only SMP Unet/UnetPlusPlus with a MobileNetV2 or tu- encoder are supported")
-        out[new] = value
+        for pattern, template in _SMP_KEYS:
+            if m := re.fullmatch(pattern, key):
+                fields = m.groupdict()
+                if "l" in fields:
+                    d, l = int(fields["d"]), int(fields["l"])
+                    fields.update(i=depth - 1 - l, j=l - d + 1)
+                out[template.format(**fields)] = value
+                break
+        else:
+            raise ValueError(
+                f"no rule maps SMP key {key!r}; supported are smp.Unet / smp.UnetPlusPlus with the "
+                "'mobilenet_v2' or a 'tu-' encoder, without center block or attention"
+            )
     return out
 
 
-def fuse_for_inference(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with every BatchNorm folded into the preceding conv, in channels_last.
+# Parameter counts with MobileNetV2Backbone() and num_classes=2 (tests/test_unet.py checks them).
+UNET_PRESETS: dict[str, UnetConfig] = {
+    "smp": UnetConfig(),  # 6,629,090 parameters, as smp.Unet("mobilenet_v2", classes=2)
+    "book": UnetConfig(decoder_channels=(64, 32, 16, 16, 8), head_kernel_size=1),  # 3,109,746 parameters
+}
 
-    Folding computes ``conv(x) * gamma / sqrt(var + eps) + (beta - mean * gamma / sqrt(var + eps))``
-    as one convolution with scaled weights and a bias: one pass over the feature map
-    instead of two. channels_last (NHWC) is the layout oneDNN's CPU convolutions prefer.
-    The outputs equal the original model's up to float rounding (about 1e-6).
+
+def unet(preset: Preset, encoder: str | nn.Module, *, nested: bool = False, **overrides: Any) -> Unet:
+    """A :class:`Unet` (or, with ``nested=True``, a :class:`UnetPlusPlus`) from a named preset.
+
+    Args:
+        preset: a key of :data:`UNET_PRESETS`: ``"smp"`` or ``"book"``.
+        encoder: as :class:`Unet`.
+        nested: build UNet++ instead of UNet.
+        **overrides: any keyword argument of :class:`Unet`, e.g. ``num_classes=2`` or
+            ``decoder_channels=(32, 16, 16, 8, 8)``; they win over the preset.
+
+    Example:
+        >>> unet("book", MobileNetV2Backbone(), num_classes=2).decoder.out_channels
+        8
     """
-    fused = copy.deepcopy(model).eval()
-
-    def fold(module: nn.Module) -> None:
-        names = list(module._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = module._modules[a], module._modules[b]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                module._modules[a] = nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
-                module._modules[b] = nn.Identity()
-        for child in module.children():
-            fold(child)
-
-    fold(fused)
-    return fused.to(memory_format=torch.channels_last)
+    config = UNET_PRESETS[check_choice("preset", preset, Preset)]
+    return (UnetPlusPlus if nested else Unet)(encoder, **{**asdict(config), **overrides})
