@@ -44,7 +44,9 @@ def source(obj: object, member: str | None = None) -> str:
     try:
         return textwrap.dedent(_inspect.getsource(obj)).rstrip()
     except (OSError, TypeError) as error:
-        raise ValueError(f"no Python source for {obj!r} ({error}); pass a class or function defined in Python") from None
+        raise ValueError(
+            f"no Python source for {obj!r} ({error}); pass a class or function defined in Python"
+        ) from None
 
 
 def show_source(obj: object, member: str | None = None):
@@ -102,9 +104,14 @@ class Trace:
 
     def __str__(self) -> str:
         rows = [("name", "shape", "stride", "channels")]
-        rows += [(s.name, "x".join(map(str, s.shape)), "-" if s.stride is None else str(s.stride), str(s.channels)) for s in self.stages]
+        rows += [
+            (s.name, "x".join(map(str, s.shape)), "-" if s.stride is None else str(s.stride), str(s.channels))
+            for s in self.stages
+        ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        lines = [
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+        ]
         return "\n".join(lines)
 
     __repr__ = __str__
