@@ -1,23 +1,29 @@
-"""Chapter 5: the all-MLP decoder, the whole SegFormer, and its weights.
+"""Chapter 5: the all-MLP decoder, the whole SegFormer, and loading its published weights.
 
 Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
 Transformers", NeurIPS 2021, https://arxiv.org/abs/2105.15203.
 
-The decoder has four steps: (1) a per-stage Linear brings the four encoder maps
-(strides 4, 8, 16, 32) to one width, (2) bilinear upsampling brings them all to 1/4
-resolution, (3) they are concatenated and fused by a 1x1 convolution + BN + ReLU,
-(4) a 1x1 classifier predicts the logits, still at 1/4 resolution.
+A :class:`SegFormer` is a :class:`~segnotes.model.SegmentationModel`: the Mix
+Transformer of chapter 4 (encoder), the all-MLP decoder (decoder) and a 1x1
+classifier (head). The decoder has three steps: (1) a per-stage Linear brings the
+four encoder maps (strides 4, 8, 16, 32) to one width, (2) bilinear upsampling brings
+them all to 1/4 resolution, (3) they are concatenated and fused by a 1x1 convolution
++ BN + ReLU. The head predicts the logits, still at 1/4 resolution: the last x4 is a
+bilinear resize of the logits, done by the loss and the metrics.
 
-At 512x512 the fuse convolution over the concatenated 1/4-resolution maps is most
-of the model's FLOPs. Steps (1), (2) and the fuse convolution are all linear, so the
-fuse weights can be folded into the per-stage projections: each stage is mixed to
-the output width *before* upsampling, and the four upsampled maps are summed. Same
-parameters, same state dict, same outputs up to float rounding; BatchNorm and ReLU
-follow the sum. :class:`AllMLPDecoder` does this by default (``fold=True``).
+At 512x512 the fuse convolution over the concatenated 1/4-resolution maps costs more
+than the whole encoder. Steps (1), (2) and the fuse are linear, so the fuse weights
+fold into the per-stage projections: each stage is mixed to the output width *before*
+upsampling and the four upsampled maps are summed. Same parameters, same state dict,
+same outputs up to float rounding. :class:`AllMLPDecoder` does this by default
+(``fold=True``) and, in eval mode without gradients, computes the folded weights once.
 
-Weights convert both ways with transformers' ``SegformerForSemanticSegmentation``
-(:func:`from_transformers`, :func:`to_transformers`), and
-:meth:`SegFormer.from_pretrained` loads a checkpoint directory or model-hub repo.
+Weights convert from three published layouts through ordered key tables:
+transformers' ``SegformerForSemanticSegmentation`` (:func:`from_transformers`, and back
+with :func:`to_transformers`), the original NVlabs/mmseg checkpoints
+(:func:`from_original`) and segmentation_models.pytorch's ``Segformer`` (:func:`from_smp`).
+The module is a little over 400 lines because those tables are part of what the chapter
+teaches and belong next to the modules whose names they list.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,164 +40,215 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .mit import MIT_CONFIGS, MiTConfig, MixTransformer
+from . import mit as _mit
+from .mit import MIT_PRESETS, MiTConfig, MixTransformer
+from .model import SegmentationModel, check_choice, check_positive, resize
 
 __all__ = [
     "SegFormerConfig",
     "AllMLPDecoder",
+    "PixelClassifier",
     "SegFormer",
+    "segformer",
     "from_transformers",
     "to_transformers",
+    "from_original",
+    "from_smp",
     "config_from_transformers",
-    "SEGFORMER_CONFIGS",
-    "segformer_b0",
-    "segformer_b1",
-    "segformer_b2",
-    "segformer_b3",
-    "segformer_b4",
-    "segformer_b5",
+    "conversion_table",
+    "TRANSFORMERS_KEYS",
+    "DECODER_KEYS",
+    "SEGFORMER_PRESETS",
 ]
 
 
 @dataclass(frozen=True)
 class SegFormerConfig:
-    """A SegFormer: a MiT encoder and the all-MLP decoder.
+    """A SegFormer: a MiT encoder, the all-MLP decoder and a 1x1 classifier.
 
     Attributes:
         encoder: the :class:`~segnotes.mit.MiTConfig`.
         decoder_dim: the decoder's common width (256 for B0/B1, 768 for B2-B5).
-        num_classes: output channels of the classifier.
+        num_classes: output channels of the classifier (150: ADE20K, the paper's main benchmark).
         dropout: dropout before the classifier (0.1 in the paper and transformers).
+        upsampling: bilinear upsampling of the logits in the head; 1 (the paper) keeps them at
+            1/4 resolution, 4 returns 4 * ceil(H / 4) like segmentation_models.pytorch.
     """
 
     encoder: MiTConfig = field(default_factory=MiTConfig)
     decoder_dim: int = 256
-    num_classes: int = 150  # ADE20K, the paper's main benchmark
+    num_classes: int = 150
     dropout: float = 0.1
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False), skipped when the size already matches (it is the identity then)."""
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    upsampling: int = 1
 
 
 class AllMLPDecoder(nn.Module):
-    """SegFormer's decoder: per-stage Linear, upsample to 1/4, concatenate, 1x1 fuse + BN + ReLU, 1x1 classifier.
+    """SegFormer's decoder: per-stage Linear, upsample to 1/4, concatenate, 1x1 fuse + BN + ReLU, dropout.
 
     Args:
         in_channels: channels of the encoder's maps, shallowest (stride 4) first.
         dim: common width (256 for B0/B1, 768 for B2-B5).
-        num_classes: logits' channels.
-        dropout: dropout probability before the classifier.
-        fold: compute the fuse convolution per stage before upsampling (exact, much
-            cheaper); ``False`` runs the paper's four steps literally.
+        dropout: dropout probability after the ReLU (before the classifier).
+        fold: apply the fuse per stage before upsampling (exact, much cheaper); ``False``
+            runs the paper's steps literally.
 
     Shapes:
-        [(B, C_i, H / s_i, W / s_i)] -> (B, num_classes, H / 4, W / 4) (the size of the first map).
+        [(B, C_i, H / s_i, W / s_i)] -> (B, dim, H / 4, W / 4) (the size of the first map).
 
     Example:
-        >>> dec = AllMLPDecoder([32, 64, 160, 256], dim=256, num_classes=5)
-        >>> dec([torch.randn(1, c, 64 // s, 64 // s) for c, s in zip([32, 64, 160, 256], [4, 8, 16, 32])]).shape
-        torch.Size([1, 5, 16, 16])
+        >>> AllMLPDecoder([32, 64], dim=16)([torch.randn(1, 32, 16, 16), torch.randn(1, 64, 8, 8)]).shape
+        torch.Size([1, 16, 16, 16])
     """
 
-    def __init__(self, in_channels: Sequence[int], dim: int, num_classes: int, dropout: float = 0.1, fold: bool = True):
+    def __init__(self, in_channels: Sequence[int], dim: int, dropout: float = 0.1, fold: bool = True):
         super().__init__()
+        self.in_channels = [check_positive("in_channels", c) for c in in_channels]
+        self.out_channels = check_positive("dim", dim)
         self.proj = nn.ModuleList(nn.Linear(c, dim) for c in in_channels)  # step 1
-        self.fuse = nn.Conv2d(len(in_channels) * dim, dim, kernel_size=1, bias=False)  # step 3, input deepest stage first
+        self.fuse = nn.Conv2d(len(in_channels) * dim, dim, kernel_size=1, bias=False)  # step 3, deepest stage first
         self.norm = nn.BatchNorm2d(dim)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Conv2d(dim, num_classes, kernel_size=1)  # step 4
         self.fold = fold
+        self._cache = None  # (key, folded weights, summed bias), see folded()
+
+    def check(self, features: Sequence[torch.Tensor]) -> None:
+        """Raise a ``ValueError`` unless ``features`` are the maps this decoder was built for."""
+        channels = [f.shape[1] for f in features]
+        if channels != self.in_channels:
+            raise ValueError(
+                f"AllMLPDecoder was built for {len(self.in_channels)} maps with channels {self.in_channels}, got "
+                f"{len(channels)} maps with channels {channels}; pass every encoder stage, shallowest (stride 4) first"
+            )
 
     def mix(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Steps 1-3 up to the fuse convolution, literally: (B, dim, H / 4, W / 4)."""
         size = features[0].shape[-2:]
         maps = []
-        for f, proj in zip(features, self.proj):
+        for f, proj in zip(features, self.proj, strict=True):
             h, w = f.shape[-2:]
             x = proj(rearrange(f, "b c h w -> b (h w) c"))  # (B, h*w, dim)
-            maps.append(_resize(rearrange(x, "b (h w) c -> b c h w", h=h, w=w), size))  # (B, dim, H/4, W/4)
-        return self.fuse(torch.cat(maps[::-1], dim=1))  # (B, 4 dim, H/4, W/4) -> (B, dim, H/4, W/4)
+            maps.append(resize(rearrange(x, "b (h w) c -> b c h w", h=h, w=w), size))  # (B, dim, H/4, W/4)
+        return self.fuse(torch.cat(maps[::-1], dim=1))  # (B, n*dim, H/4, W/4) -> (B, dim, H/4, W/4)
 
-    def folded_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per stage, the fuse convolution's slice times the projection: weight (dim, C_i) and bias (dim,)."""
-        n, dim = len(self.proj), self.fuse.out_channels
+    def folded_weights(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per stage the fuse's slice times the projection, (dim, C_i), and the summed folded bias (dim,)."""
+        n, dim = len(self.proj), self.out_channels
         fuse = self.fuse.weight[:, :, 0, 0]  # (dim, n * dim), deepest stage's slice first
-        out = []
-        for i, proj in enumerate(self.proj):
-            block = fuse[:, (n - 1 - i) * dim : (n - i) * dim]  # (dim, dim): the slice that reads stage i
-            out.append((block @ proj.weight, block @ proj.bias))
-        return out
+        blocks = [fuse[:, (n - 1 - i) * dim : (n - i) * dim] for i in range(n)]  # (dim, dim): reads stage i
+        weights = [block @ proj.weight for block, proj in zip(blocks, self.proj)]
+        bias = sum(block @ proj.bias for block, proj in zip(blocks, self.proj))  # resizing keeps constants
+        return weights, bias
+
+    def folded(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """:meth:`folded_weights`, computed once while no gradient can flow to them (eval mode, no grad).
+
+        The cache key changes whenever a source tensor is replaced (``load_state_dict``
+        copies in place, ``.to()`` moves it) or edited in place (an optimizer step,
+        ``copy_``): ``_version`` is autograd's counter of in-place changes. In training,
+        or with gradients enabled, the weights are recomputed so gradients reach the
+        projections and the fuse.
+        """
+        if self.training or torch.is_grad_enabled():
+            return self.folded_weights()
+        sources = [self.fuse.weight, *(p for proj in self.proj for p in (proj.weight, proj.bias))]
+        key = [(p.device, p.dtype, p.data_ptr(), p._version) for p in sources]
+        if self._cache is None or self._cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference mode
+                self._cache = (key, *self.folded_weights())
+        return self._cache[1], self._cache[2]
 
     def mix_folded(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """The same as :meth:`mix`, with the fuse folded in before upsampling: (B, dim, H / 4, W / 4)."""
         size = features[0].shape[-2:]
-        weights = self.folded_weights()
-        bias = torch.stack([b for _, b in weights]).sum(0)  # bilinear resizing keeps constants: add all biases once
+        weights, bias = self.folded()
         out = None
-        for f, (weight, _) in zip(features, weights):
+        for f, weight in zip(features, weights, strict=True):
             h, w = f.shape[-2:]
             x = F.linear(rearrange(f, "b c h w -> b (h w) c"), weight, bias if out is None else None)  # (B, h*w, dim)
-            x = _resize(rearrange(x, "b (h w) c -> b c h w", h=h, w=w), size)  # (B, dim, H/4, W/4)
+            x = resize(rearrange(x, "b (h w) c -> b c h w", h=h, w=w), size)  # (B, dim, H/4, W/4)
             out = x if out is None else out.add_(x)  # in place: no extra 1/4-resolution buffer
         return out
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        self.check(features)
         x = self.mix_folded(features) if self.fold else self.mix(features)
-        x = self.dropout(F.relu(self.norm(x), inplace=True))
-        # The 1x1 classifier as a matmul over channels-last tokens: same weights, faster than conv2d on CPU.
-        weight = self.classifier.weight[:, :, 0, 0]  # (num_classes, dim)
-        x = F.linear(rearrange(x, "b c h w -> b h w c"), weight, self.classifier.bias)  # (B, H/4, W/4, num_classes)
-        return rearrange(x, "b h w k -> b k h w")  # (B, num_classes, H/4, W/4)
+        return self.dropout(F.relu(self.norm(x), inplace=True))  # (B, dim, H/4, W/4)
+
+    def train(self, mode: bool = True) -> AllMLPDecoder:
+        """Switch mode; entering eval mode computes the folded weights now, once (not inside a timed forward)."""
+        super().train(mode)
+        self._cache = None
+        if not mode and self.fold:
+            with torch.no_grad():
+                self.folded()
+        return self
 
 
-class SegFormer(nn.Module):
-    """SegFormer: a Mix Transformer encoder and the all-MLP decoder.
+class PixelClassifier(nn.Module):
+    """SegFormer's head: a 1x1 convolution to class logits, then optional bilinear upsampling.
 
-    The encoder (chapter 4) gives four maps at strides 4-32; the decoder mixes them at
-    1/4 resolution. Logits come out at 1/4 of the input: the only upsampling to full
-    resolution is a bilinear resize of the logits, done by the loss/metrics (see
-    :mod:`segnotes.train`) or here with ``full_resolution=True``. Works at any input
-    size (no positional encoding, no divisibility requirement).
+    The 1x1 convolution runs as a matrix product over channels-last tokens: same weights
+    (``classifier``, a ``Conv2d``, so state dicts match the other layouts), faster than
+    ``conv2d`` on a CPU because the decoder's map is already channels-last in memory.
 
     Args:
-        config: a :class:`SegFormerConfig`; see :func:`segformer_b0` ... :func:`segformer_b5`.
+        in_channels: the decoder's width.
+        num_classes: logits' channels, at least 1.
+        upsampling: 1 keeps the decoder's 1/4 resolution; 4 gives 4x larger logits.
 
     Shapes:
-        (B, in_channels, H, W) -> (B, num_classes, ceil(H / 4), ceil(W / 4)), or (B, num_classes, H, W).
+        (B, in_channels, h, w) -> (B, num_classes, h * upsampling, w * upsampling).
 
     Example:
-        >>> segformer_b0(num_classes=5)(torch.randn(1, 3, 64, 64)).shape
+        >>> PixelClassifier(16, 5)(torch.randn(1, 16, 8, 8)).shape
+        torch.Size([1, 5, 8, 8])
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, upsampling: int = 1):
+        super().__init__()
+        self.classifier = nn.Conv2d(
+            check_positive("in_channels", in_channels), check_positive("num_classes", num_classes), 1
+        )
+        self.upsampling = check_positive("upsampling", upsampling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.classifier.weight[:, :, 0, 0]  # (num_classes, in_channels)
+        x = F.linear(rearrange(x, "b c h w -> b h w c"), weight, self.classifier.bias)  # (B, h, w, num_classes)
+        x = rearrange(x, "b h w k -> b k h w")  # (B, num_classes, h, w)
+        return x if self.upsampling == 1 else resize(x, (x.shape[-2] * self.upsampling, x.shape[-1] * self.upsampling))
+
+
+class SegFormer(SegmentationModel):
+    """SegFormer: a Mix Transformer encoder, the all-MLP decoder and a 1x1 classifier.
+
+    The encoder (chapter 4) gives four maps at strides 4-32; the decoder mixes them at
+    1/4 resolution; the head classifies every 1/4-resolution position. There is no
+    learned upsampling: :mod:`segnotes.train` resizes the logits to the mask for the loss
+    and the metrics (``segnotes.model.resize(logits, x.shape[-2:])`` does it by hand), or
+    build the model with ``upsampling=4``. Works at any input size (no positional
+    encoding, no divisibility requirement).
+
+    Args:
+        config: a :class:`SegFormerConfig`; see :func:`segformer` for the presets.
+
+    Shapes:
+        (B, in_channels, H, W) -> (B, num_classes, ceil(H / 4), ceil(W / 4)).
+
+    Example:
+        >>> segformer("b0", num_classes=5)(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 5, 16, 16])
     """
 
     def __init__(self, config: SegFormerConfig = SegFormerConfig()):
-        super().__init__()
+        encoder = MixTransformer(config.encoder)
+        decoder = AllMLPDecoder(encoder.feature_channels, config.decoder_dim, config.dropout)
+        head = PixelClassifier(config.decoder_dim, config.num_classes, config.upsampling)
+        super().__init__(encoder, decoder, head, in_channels=config.encoder.in_channels)
         self.config = config
-        self.encoder = MixTransformer(config.encoder)
-        self.decoder = AllMLPDecoder(self.encoder.feature_channels, config.decoder_dim, config.num_classes, config.dropout)
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> the encoder's four maps (B, C_i, H / s_i, W / s_i)."""
-        if x.ndim != 4 or x.shape[1] != self.config.encoder.in_channels:
-            raise ValueError(
-                f"expected a (B, {self.config.encoder.in_channels}, H, W) batch, got shape {tuple(x.shape)}"
-                + ("; add a batch dimension with x[None]" if x.ndim == 3 else "")
-            )
-        return self.encoder(x)
-
-    def forward_head(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Four encoder maps -> logits (B, num_classes, H / 4, W / 4)."""
-        return self.decoder(features)
-
-    def forward(self, x: torch.Tensor, full_resolution: bool = False) -> torch.Tensor:
-        logits = self.forward_head(self.forward_features(x))
-        return _resize(logits, x.shape[-2:]) if full_resolution else logits
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str | Path, **overrides) -> SegFormer:
-        """Load a transformers ``SegformerForSemanticSegmentation`` checkpoint.
+        """Load a transformers ``SegformerForSemanticSegmentation`` checkpoint, in eval mode.
 
         Args:
             repo_id_or_path: a directory written by transformers' ``save_pretrained``
@@ -201,17 +258,24 @@ class SegFormer(nn.Module):
             **overrides: :class:`~segnotes.mit.MiTConfig` fields to change, e.g. ``norm_eps=1e-6``;
                 by default transformers' numerics are kept, so outputs match transformers'.
 
-        Returns:
-            The model in eval mode.
-
         Example:
             >>> model = SegFormer.from_pretrained("nvidia/segformer-b0-finetuned-ade-512-512")  # doctest: +SKIP
         """
-        path = Path(repo_id_or_path)
+        path = Path(repo_id_or_path).expanduser()
         if not path.is_dir():
+            if (
+                path.exists()
+                or str(repo_id_or_path).startswith((".", "/", "~"))
+                or str(repo_id_or_path).count("/") != 1
+            ):
+                raise ValueError(
+                    f"{repo_id_or_path!r} is not a checkpoint directory; pass a directory written by "
+                    "save_pretrained or a model-hub id such as 'nvidia/segformer-b0-finetuned-ade-512-512'"
+                )
             from huggingface_hub import snapshot_download
 
-            path = Path(snapshot_download(str(repo_id_or_path), allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin"]))
+            patterns = ["config.json", "*.safetensors", "pytorch_model.bin"]
+            path = Path(snapshot_download(str(repo_id_or_path), allow_patterns=patterns))
         config = config_from_transformers(json.loads((path / "config.json").read_text()))
         config = replace(config, encoder=replace(config.encoder, **overrides))
         if (path / "model.safetensors").exists():
@@ -221,37 +285,79 @@ class SegFormer(nn.Module):
         elif (path / "pytorch_model.bin").exists():
             state_dict = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
         else:
-            raise ValueError(f"{path} has no model.safetensors or pytorch_model.bin; save it with transformers' save_pretrained")
+            raise ValueError(f"{path} has no model.safetensors or pytorch_model.bin; write it with save_pretrained")
         model = cls(config)
         model.load_state_dict(from_transformers(state_dict), strict=True)
         return model.eval()
 
 
-# --- weight conversion -------------------------------------------------------------------------------
-# One row per tensor group: segnotes name, transformers 4.x name (the model hub's checkpoints, and what
-# transformers 5.x still writes with save_pretrained), transformers 5.x module name (model.state_dict()).
-# {i}: stage, {j}: block. Keys and values are separate Linears in transformers: the temporary names
-# attn.k / attn.v are joined into segnotes' single attn.kv by _join_kv.
-_KEY_TABLE: tuple[tuple[str, str, str], ...] = (
-    ("encoder.stages.{i}.patch_embed.proj", "segformer.encoder.patch_embeddings.{i}.proj", "segformer.stages.{i}.patch_embeddings.proj"),
-    ("encoder.stages.{i}.patch_embed.norm", "segformer.encoder.patch_embeddings.{i}.layer_norm", "segformer.stages.{i}.patch_embeddings.layer_norm"),
-    ("encoder.stages.{i}.blocks.{j}.norm1", "segformer.encoder.block.{i}.{j}.layer_norm_1", "segformer.stages.{i}.blocks.{j}.layernorm_before"),
-    ("encoder.stages.{i}.blocks.{j}.attn.q", "segformer.encoder.block.{i}.{j}.attention.self.query", "segformer.stages.{i}.blocks.{j}.attention.q_proj"),
-    ("encoder.stages.{i}.blocks.{j}.attn.k", "segformer.encoder.block.{i}.{j}.attention.self.key", "segformer.stages.{i}.blocks.{j}.attention.k_proj"),
-    ("encoder.stages.{i}.blocks.{j}.attn.v", "segformer.encoder.block.{i}.{j}.attention.self.value", "segformer.stages.{i}.blocks.{j}.attention.v_proj"),
-    ("encoder.stages.{i}.blocks.{j}.attn.sr", "segformer.encoder.block.{i}.{j}.attention.self.sr", "segformer.stages.{i}.blocks.{j}.attention.sequence_reduction.sequence_reduction"),
-    ("encoder.stages.{i}.blocks.{j}.attn.sr_norm", "segformer.encoder.block.{i}.{j}.attention.self.layer_norm", "segformer.stages.{i}.blocks.{j}.attention.sequence_reduction.layer_norm"),
-    ("encoder.stages.{i}.blocks.{j}.attn.proj", "segformer.encoder.block.{i}.{j}.attention.output.dense", "segformer.stages.{i}.blocks.{j}.attention.o_proj"),
-    ("encoder.stages.{i}.blocks.{j}.norm2", "segformer.encoder.block.{i}.{j}.layer_norm_2", "segformer.stages.{i}.blocks.{j}.layernorm_after"),
-    ("encoder.stages.{i}.blocks.{j}.mlp.fc1", "segformer.encoder.block.{i}.{j}.mlp.dense1", "segformer.stages.{i}.blocks.{j}.mlp.fc1"),
-    ("encoder.stages.{i}.blocks.{j}.mlp.dwconv", "segformer.encoder.block.{i}.{j}.mlp.dwconv.dwconv", "segformer.stages.{i}.blocks.{j}.mlp.dwconv.dwconv"),
-    ("encoder.stages.{i}.blocks.{j}.mlp.fc2", "segformer.encoder.block.{i}.{j}.mlp.dense2", "segformer.stages.{i}.blocks.{j}.mlp.fc2"),
+def segformer(preset: str = "b0", *, num_classes: int, **overrides) -> SegFormer:
+    """A SegFormer from a preset of the paper's Table 1.
+
+    Args:
+        preset: one of ``SEGFORMER_PRESETS``: ``"b0"`` ... ``"b5"``.
+        num_classes: logits' channels.
+        **overrides: :class:`SegFormerConfig` fields (``decoder_dim``, ``dropout``, ``upsampling``)
+            or :class:`~segnotes.mit.MiTConfig` fields (e.g. ``drop_path_rate=0.0``, ``norm_eps=1e-6``).
+
+    Example:
+        >>> segformer("b0", num_classes=5, drop_path_rate=0.0).config.encoder.drop_path_rate
+        0.0
+    """
+    config = SEGFORMER_PRESETS[check_choice("preset", preset, tuple(SEGFORMER_PRESETS))]
+    own = {f.name for f in fields(SegFormerConfig)} - {"encoder", "num_classes"}
+    encoder_fields = {f.name for f in fields(MiTConfig)}
+    unknown = set(overrides) - own - encoder_fields
+    if unknown:
+        raise ValueError(f"unknown SegFormer overrides {sorted(unknown)}; choose from {sorted(own | encoder_fields)}")
+    encoder = replace(config.encoder, **{k: v for k, v in overrides.items() if k in encoder_fields})
+    return SegFormer(
+        replace(config, encoder=encoder, num_classes=num_classes, **{k: v for k, v in overrides.items() if k in own})
+    )
+
+
+# --- weight conversion ------------------------------------------------------------------------------
+# transformers: one row per tensor group, {i}: stage, {j}: block. Columns: segnotes name, transformers
+# 4.x name (the model hub's checkpoints, and what 5.x still writes with save_pretrained), transformers 5.x
+# module name (model.state_dict()). transformers keeps keys and values in separate Linears: the
+# temporary names attn.k / attn.v are joined into segnotes' single attn.kv by _join_kv.
+# fmt: off
+TRANSFORMERS_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("encoder.stages.{i}.patch_embed.proj", "segformer.encoder.patch_embeddings.{i}.proj", "segformer.stages.{i}.patch_embeddings.proj"),  # noqa: E501
+    ("encoder.stages.{i}.patch_embed.norm", "segformer.encoder.patch_embeddings.{i}.layer_norm", "segformer.stages.{i}.patch_embeddings.layer_norm"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.norm1", "segformer.encoder.block.{i}.{j}.layer_norm_1", "segformer.stages.{i}.blocks.{j}.layernorm_before"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.attn.q", "segformer.encoder.block.{i}.{j}.attention.self.query", "segformer.stages.{i}.blocks.{j}.attention.q_proj"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.attn.k", "segformer.encoder.block.{i}.{j}.attention.self.key", "segformer.stages.{i}.blocks.{j}.attention.k_proj"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.attn.v", "segformer.encoder.block.{i}.{j}.attention.self.value", "segformer.stages.{i}.blocks.{j}.attention.v_proj"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.attn.sr", "segformer.encoder.block.{i}.{j}.attention.self.sr", "segformer.stages.{i}.blocks.{j}.attention.sequence_reduction.sequence_reduction"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.attn.sr_norm", "segformer.encoder.block.{i}.{j}.attention.self.layer_norm", "segformer.stages.{i}.blocks.{j}.attention.sequence_reduction.layer_norm"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.attn.proj", "segformer.encoder.block.{i}.{j}.attention.output.dense", "segformer.stages.{i}.blocks.{j}.attention.o_proj"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.norm2", "segformer.encoder.block.{i}.{j}.layer_norm_2", "segformer.stages.{i}.blocks.{j}.layernorm_after"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.mlp.fc1", "segformer.encoder.block.{i}.{j}.mlp.dense1", "segformer.stages.{i}.blocks.{j}.mlp.fc1"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.mlp.dwconv", "segformer.encoder.block.{i}.{j}.mlp.dwconv.dwconv", "segformer.stages.{i}.blocks.{j}.mlp.dwconv.dwconv"),  # noqa: E501
+    ("encoder.stages.{i}.blocks.{j}.mlp.fc2", "segformer.encoder.block.{i}.{j}.mlp.dense2", "segformer.stages.{i}.blocks.{j}.mlp.fc2"),  # noqa: E501
     ("encoder.stages.{i}.norm", "segformer.encoder.layer_norm.{i}", "segformer.stages.{i}.layer_norm"),
     ("decoder.proj.{i}", "decode_head.linear_c.{i}.proj", "decode_head.linear_projections.{i}.proj"),
     ("decoder.fuse", "decode_head.linear_fuse", "decode_head.linear_fuse"),
     ("decoder.norm", "decode_head.batch_norm", "decode_head.batch_norm"),
-    ("decoder.classifier", "decode_head.classifier", "decode_head.classifier"),
+    ("head.classifier", "decode_head.classifier", "decode_head.classifier"),
 )
+# The decoder and head in the original NVlabs/mmseg checkpoints and in segmentation_models.pytorch's
+# Segformer (their encoders share one layout, converted by segnotes.mit.from_original). Columns: segnotes,
+# original, SMP. The original numbers stages c1..c4 from the shallowest, SMP's mlp_stage from the deepest.
+DECODER_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("decoder.proj.0", "decode_head.linear_c1.proj", "decoder.mlp_stage.3.linear"),
+    ("decoder.proj.1", "decode_head.linear_c2.proj", "decoder.mlp_stage.2.linear"),
+    ("decoder.proj.2", "decode_head.linear_c3.proj", "decoder.mlp_stage.1.linear"),
+    ("decoder.proj.3", "decode_head.linear_c4.proj", "decoder.mlp_stage.0.linear"),
+    ("decoder.fuse", "decode_head.linear_fuse.conv", "decoder.fuse_stage.0"),
+    ("decoder.norm", "decode_head.linear_fuse.bn", "decoder.fuse_stage.1"),
+    ("head.classifier", "decode_head.linear_pred", "segmentation_head.0"),
+)
+# fmt: on
+# mmseg's BaseDecodeHead always builds a classifier conv_seg that SegFormerHead never calls (it predicts
+# with linear_pred): the original checkpoints carry it, and it is dropped.
+_UNUSED_ORIGINAL = "decode_head.conv_seg."
 _SUFFIX = r"\.(?P<suffix>weight|bias|running_mean|running_var|num_batches_tracked)"
 
 
@@ -260,32 +366,36 @@ def _pattern(template: str) -> re.Pattern:
     return re.compile(regex + _SUFFIX)
 
 
-_COLUMNS = {"segnotes": 0, "v4": 1, "v5": 2}
-_PATTERNS = [tuple(_pattern(t) for t in row) for row in _KEY_TABLE]
-
-
-def _rename(state_dict: Mapping[str, torch.Tensor], source: Sequence[str], target: str) -> dict[str, torch.Tensor]:
-    """Rename every key through the table from any of the ``source`` columns to the ``target`` column."""
+def _rename(
+    state_dict: Mapping[str, torch.Tensor], table: Sequence[Sequence[str]], sources: Sequence[int], target: int
+) -> dict[str, torch.Tensor]:
+    """Rename every key from any of the ``sources`` columns of ``table`` to its ``target`` column, or raise."""
+    patterns = [[_pattern(template) for template in row] for row in table]
     out, unmapped = {}, []
     for key, tensor in state_dict.items():
-        for row, patterns in zip(_KEY_TABLE, _PATTERNS):
-            match = next((m for m in (patterns[_COLUMNS[s]].fullmatch(key) for s in source) if m), None)
+        for row, row_patterns in zip(table, patterns):
+            match = next((m for m in (row_patterns[s].fullmatch(key) for s in sources) if m), None)
             if match:
-                out[row[_COLUMNS[target]].format(**match.groupdict()) + "." + match["suffix"]] = tensor
+                out[row[target].format(**match.groupdict()) + "." + match["suffix"]] = tensor
                 break
         else:
             unmapped.append(key)
     if unmapped:
-        raise ValueError(f"{len(unmapped)} keys have no entry in the conversion table, e.g. {unmapped[:5]}")
+        raise ValueError(
+            f"{len(unmapped)} keys have no entry in the conversion table, e.g. {unmapped[:5]}; "
+            "pass the full model's state dict in the layout this converter reads"
+        )
     return out
 
 
-def _join_kv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """attn.k.* and attn.v.* -> attn.kv.* (keys' rows first)."""
+def _join_kv(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """attn.k.* and attn.v.* -> attn.kv.* (keys' rows first), the layout of segnotes and the original code."""
     out = {}
     for key, tensor in state_dict.items():
         if ".attn.k." in key:
-            out[key.replace(".attn.k.", ".attn.kv.")] = torch.cat([tensor, state_dict[key.replace(".attn.k.", ".attn.v.")]])
+            out[key.replace(".attn.k.", ".attn.kv.")] = torch.cat(
+                [tensor, state_dict[key.replace(".attn.k.", ".attn.v.")]]
+            )
         elif ".attn.v." not in key:
             out[key] = tensor
     return out
@@ -303,25 +413,30 @@ def _split_kv(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+def _native(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return all(k.startswith(("encoder.stages.", "decoder.", "head.")) for k in state_dict)
+
+
 def from_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers ``SegformerForSemanticSegmentation`` state dict -> segnotes :class:`SegFormer` state dict.
 
-    Accepts the 4.x names (model-hub checkpoints, and files written by 5.x ``save_pretrained``)
-    and the 5.x module names (``model.state_dict()``). A state dict already in segnotes'
-    names is returned unchanged.
+    Accepts the 4.x names (model-hub checkpoints, files written by 5.x ``save_pretrained``)
+    and the 5.x module names (``model.state_dict()``); a segnotes state dict is returned unchanged.
 
     Raises:
-        ValueError: a key that no row of the conversion table matches.
+        ValueError: a key that no row of ``TRANSFORMERS_KEYS`` matches.
 
     Example:
-        >>> model.load_state_dict(from_transformers(hf_model.state_dict()))  # doctest: +SKIP
+        >>> model.load_state_dict(from_transformers(hf_model.state_dict()), strict=True)  # doctest: +SKIP
     """
-    if all(k.startswith(("encoder.", "decoder.")) for k in state_dict):
+    if _native(state_dict):
         return dict(state_dict)
-    return _join_kv(_rename(state_dict, ("v4", "v5"), "segnotes"))
+    return _join_kv(_rename(state_dict, TRANSFORMERS_KEYS, (1, 2), 0))
 
 
-def to_transformers(state_dict: Mapping[str, torch.Tensor], names: Literal["v5", "v4"] = "v5") -> dict[str, torch.Tensor]:
+def to_transformers(
+    state_dict: Mapping[str, torch.Tensor], names: Literal["v5", "v4"] = "v5"
+) -> dict[str, torch.Tensor]:
     """segnotes :class:`SegFormer` state dict -> transformers ``SegformerForSemanticSegmentation`` names.
 
     Args:
@@ -329,9 +444,62 @@ def to_transformers(state_dict: Mapping[str, torch.Tensor], names: Literal["v5",
         names: ``"v5"`` for transformers 5.x modules (``hf_model.load_state_dict(..., strict=True)``),
             ``"v4"`` for transformers 4.x and checkpoint files.
     """
-    if names not in ("v5", "v4"):
-        raise ValueError(f"names must be 'v5' or 'v4', got {names!r}")
-    return _rename(_split_kv(state_dict), ("segnotes",), names)
+    column = {"v4": 1, "v5": 2}[check_choice("names", names, Literal["v5", "v4"])]
+    return _rename(_split_kv(state_dict), TRANSFORMERS_KEYS, (0,), column)
+
+
+def _from_mit_layout(state_dict: Mapping[str, torch.Tensor], prefix: str, column: int) -> dict[str, torch.Tensor]:
+    """Encoder keys under ``prefix`` through :func:`segnotes.mit.from_original`, the rest through ``DECODER_KEYS``."""
+    encoder = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+    rest = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+    out = {"encoder." + k: v for k, v in _mit.from_original(encoder, prefix=prefix).items()}
+    return out | _rename(rest, DECODER_KEYS, (column,), 0)
+
+
+def from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An original NVlabs/mmseg SegFormer checkpoint's state dict -> segnotes :class:`SegFormer` state dict.
+
+    ``backbone.*`` goes through :func:`segnotes.mit.from_original`, ``decode_head.*`` through
+    ``DECODER_KEYS``; the unused ``decode_head.conv_seg`` is dropped. The original blocks use
+    LayerNorm epsilon 1e-6: build the model with ``norm_eps=1e-6`` to reproduce its outputs.
+
+    Raises:
+        ValueError: a whole checkpoint instead of its ``"state_dict"``, or a key the tables do not map.
+
+    Example:
+        >>> model.load_state_dict(from_original(torch.load(path)["state_dict"]), strict=True)  # doctest: +SKIP
+    """
+    if "state_dict" in state_dict:
+        raise ValueError("got a whole mmseg checkpoint; pass checkpoint['state_dict']")
+    if _native(state_dict):
+        return dict(state_dict)
+    return _from_mit_layout({k: v for k, v in state_dict.items() if not k.startswith(_UNUSED_ORIGINAL)}, "backbone.", 1)
+
+
+def from_smp(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """segmentation_models.pytorch ``Segformer("mit_b*")`` state dict -> segnotes :class:`SegFormer` state dict.
+
+    SMP's encoder uses the original layout (``encoder.*``, via :func:`segnotes.mit.from_original`)
+    and LayerNorm epsilon 1e-6; its head upsamples by 4 with ``align_corners=True``.
+
+    Raises:
+        ValueError: a key the tables do not map.
+    """
+    if _native(state_dict):
+        return dict(state_dict)
+    return _from_mit_layout(state_dict, "encoder.", 2)
+
+
+def conversion_table(layout: Literal["transformers", "original", "smp"]) -> list[tuple[str, str]]:
+    """The (segnotes name, their name) rows of a layout's key table, to display (e.g. in chapter 5).
+
+    For ``"original"`` and ``"smp"`` these are the decoder and head; the encoder goes through
+    :func:`segnotes.mit.from_original`.
+    """
+    check_choice("layout", layout, Literal["transformers", "original", "smp"])
+    if layout == "transformers":
+        return [(row[0], row[1]) for row in TRANSFORMERS_KEYS]
+    return [(row[0], row[1 if layout == "original" else 2]) for row in DECODER_KEYS]
 
 
 def config_from_transformers(config: Mapping) -> SegFormerConfig:
@@ -339,8 +507,10 @@ def config_from_transformers(config: Mapping) -> SegFormerConfig:
 
     The LayerNorm epsilon stays at transformers' effective 1e-5 (its modules ignore ``layer_norm_eps``).
     """
+
     def get(key, default):
-        return tuple(config[key]) if isinstance(config.get(key, default), list) else config.get(key, default)
+        value = config.get(key, default)
+        return tuple(value) if isinstance(value, list) else value
 
     defaults = MiTConfig()
     encoder = MiTConfig(
@@ -355,50 +525,17 @@ def config_from_transformers(config: Mapping) -> SegFormerConfig:
         drop_path_rate=config.get("drop_path_rate", 0.1),
     )
     num_classes = len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)
-    return SegFormerConfig(encoder, config.get("decoder_hidden_size", 256), num_classes, config.get("classifier_dropout_prob", 0.1))
+    return SegFormerConfig(
+        encoder, config.get("decoder_hidden_size", 256), num_classes, config.get("classifier_dropout_prob", 0.1)
+    )
 
 
 # --- presets: the paper's Table 1 (parameters with 150 ADE20K classes in the comments) ----------------
-SEGFORMER_CONFIGS: dict[str, SegFormerConfig] = {
-    "segformer_b0": SegFormerConfig(MIT_CONFIGS["mit_b0"], decoder_dim=256),  # 3.8M params
-    "segformer_b1": SegFormerConfig(MIT_CONFIGS["mit_b1"], decoder_dim=256),  # 13.7M params
-    "segformer_b2": SegFormerConfig(MIT_CONFIGS["mit_b2"], decoder_dim=768),  # 27.5M params
-    "segformer_b3": SegFormerConfig(MIT_CONFIGS["mit_b3"], decoder_dim=768),  # 47.3M params
-    "segformer_b4": SegFormerConfig(MIT_CONFIGS["mit_b4"], decoder_dim=768),  # 64.1M params
-    "segformer_b5": SegFormerConfig(MIT_CONFIGS["mit_b5"], decoder_dim=768),  # 84.7M params
+SEGFORMER_PRESETS: dict[str, SegFormerConfig] = {
+    "b0": SegFormerConfig(MIT_PRESETS["b0"], decoder_dim=256),  # 3.8M params
+    "b1": SegFormerConfig(MIT_PRESETS["b1"], decoder_dim=256),  # 13.7M params
+    "b2": SegFormerConfig(MIT_PRESETS["b2"], decoder_dim=768),  # 27.5M params
+    "b3": SegFormerConfig(MIT_PRESETS["b3"], decoder_dim=768),  # 47.3M params
+    "b4": SegFormerConfig(MIT_PRESETS["b4"], decoder_dim=768),  # 64.1M params
+    "b5": SegFormerConfig(MIT_PRESETS["b5"], decoder_dim=768),  # 84.7M params
 }
-
-
-def _build(name: str, num_classes: int, **overrides) -> SegFormer:
-    config = SEGFORMER_CONFIGS[name]
-    return SegFormer(replace(config, num_classes=num_classes, encoder=replace(config.encoder, **overrides)))
-
-
-def segformer_b0(num_classes: int = 150, **overrides) -> SegFormer:
-    """SegFormer-B0 (3.8M parameters with 150 classes); ``overrides`` change :class:`~segnotes.mit.MiTConfig` fields."""
-    return _build("segformer_b0", num_classes, **overrides)
-
-
-def segformer_b1(num_classes: int = 150, **overrides) -> SegFormer:
-    """SegFormer-B1 (13.7M parameters with 150 classes)."""
-    return _build("segformer_b1", num_classes, **overrides)
-
-
-def segformer_b2(num_classes: int = 150, **overrides) -> SegFormer:
-    """SegFormer-B2 (27.5M parameters with 150 classes)."""
-    return _build("segformer_b2", num_classes, **overrides)
-
-
-def segformer_b3(num_classes: int = 150, **overrides) -> SegFormer:
-    """SegFormer-B3 (47.3M parameters with 150 classes)."""
-    return _build("segformer_b3", num_classes, **overrides)
-
-
-def segformer_b4(num_classes: int = 150, **overrides) -> SegFormer:
-    """SegFormer-B4 (64.1M parameters with 150 classes)."""
-    return _build("segformer_b4", num_classes, **overrides)
-
-
-def segformer_b5(num_classes: int = 150, **overrides) -> SegFormer:
-    """SegFormer-B5 (84.7M parameters with 150 classes)."""
-    return _build("segformer_b5", num_classes, **overrides)
