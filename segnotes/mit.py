@@ -45,6 +45,7 @@ from .model import check_choice, check_images
 __all__ = [
     "MiTConfig",
     "MIT_PRESETS",
+    "MiTPreset",
     "OverlapPatchEmbed",
     "EfficientSelfAttention",
     "MixFFN",
@@ -55,7 +56,7 @@ __all__ = [
     "ORIGINAL_KEYS",
 ]
 
-Preset = Literal["b0", "b1", "b2", "b3", "b4", "b5"]
+MiTPreset = Literal["b0", "b1", "b2", "b3", "b4", "b5"]  # the names of MIT_PRESETS
 
 
 @dataclass(frozen=True)
@@ -354,7 +355,7 @@ class MixTransformer(nn.Module):
         return features
 
 
-def mit(preset: Preset = "b0", **overrides) -> MixTransformer:
+def mit(preset: MiTPreset = "b0", **overrides) -> MixTransformer:
     """A Mix Transformer from a preset name, with optional config overrides.
 
     Args:
@@ -368,7 +369,7 @@ def mit(preset: Preset = "b0", **overrides) -> MixTransformer:
         >>> mit("b0", drop_path_rate=0.0).feature_strides
         [4, 8, 16, 32]
     """
-    check_choice("preset", preset, Preset)
+    check_choice("preset", preset, MiTPreset)
     unknown = set(overrides) - {f.name for f in fields(MiTConfig)}
     if unknown:
         raise ValueError(
