@@ -124,10 +124,11 @@ READER_VIEW = r"""async () => {
             src: i.src, width: i.getBoundingClientRect().width, naturalWidth: i.naturalWidth,
         })),
         pipes: [...main.querySelectorAll('p')].filter(p => tableRule.test(p.innerText)).map(firstWords),
-        progress: outputs.map(pre => pre.innerText.split('\n').filter(l => progress.test(l)).length)
-                         .filter(n => n > 0),
-        long: outputs.filter(pre => !pre.closest('[class*="highlight-python"]'))
-                     .map(pre => ({lines: pre.innerText.split('\n').length, start: firstWords(pre)})),
+        outputs: outputs.filter(pre => !pre.closest('[class*="highlight-python"]')).map(pre => ({
+            lines: pre.innerText.split('\n').length,
+            progress: pre.innerText.split('\n').filter(l => progress.test(l)).length,
+            start: firstWords(pre),
+        })),
         warnings: outputs.map(pre => pre.innerText.match(/\b\w+Warning: .{0,80}/))
                          .filter(m => m).map(m => m[0]),
         tracebacks: [...main.querySelectorAll('.output.traceback, .output.error')].length,
@@ -162,7 +163,7 @@ def _image_problems(images: list[dict], server: str) -> list[str]:
         text_px = 10 * dpi / 72 * min(1.0, width / natural)
         if text_px < MIN_TEXT_PX:
             problems.append(
-                f"figure {name} ({natural} px) is shown {width:.0f} px wide: its 10 pt text is {text_px:.1f} px "
+                f"figure {name} ({natural} px) is shown {width:.0f} px wide: its 10 pt text is {text_px:.2f} px "
                 f"(< {MIN_TEXT_PX}); use a smaller figsize or fewer panels per row"
             )
     return problems
@@ -174,16 +175,11 @@ def reader_problems(view: dict, server: str) -> list[str]:
     if view["height"] > MAX_PAGE_HEIGHT:
         problems.append(f"the page is {view['height']} px tall (> {MAX_PAGE_HEIGHT}): split it or trim outputs")
     problems += [f"a markdown table is shown as raw pipes: {p!r}" for p in view["pipes"]]
-    problems += [
-        f"an output holds {n} progress-bar lines (> {MAX_PROGRESS_LINES})"
-        for n in view["progress"]
-        if n > MAX_PROGRESS_LINES
-    ]
-    problems += [
-        f"an output is {o['lines']} lines long (> {MAX_OUTPUT_LINES}): {o['start']!r}"
-        for o in view["long"]
-        if o["lines"] > MAX_OUTPUT_LINES
-    ]
+    for out in view["outputs"]:
+        if out["progress"] > MAX_PROGRESS_LINES:
+            problems.append(f"an output holds {out['progress']} progress-bar lines (> {MAX_PROGRESS_LINES})")
+        elif out["lines"] > MAX_OUTPUT_LINES:
+            problems.append(f"an output is {out['lines']} lines long (> {MAX_OUTPUT_LINES}): {out['start']!r}")
     problems += [f"a warning is printed: {w!r}" for w in view["warnings"]]
     if view["tracebacks"]:
         problems.append(f"{view['tracebacks']} error output(s) with a traceback")
@@ -222,8 +218,11 @@ def test_reader_problems_reports_every_kind():
     view = {
         "height": MAX_PAGE_HEIGHT + 1,
         "pipes": ["| a | b | | — | — |"],
-        "progress": [MAX_PROGRESS_LINES + 1],
-        "long": [{"lines": MAX_OUTPUT_LINES + 1, "start": "epoch 1"}],
+        "outputs": [
+            {"lines": 3, "progress": MAX_PROGRESS_LINES + 1, "start": "training: 0%|"},
+            {"lines": MAX_OUTPUT_LINES + 1, "progress": 0, "start": "epoch 1"},
+            {"lines": MAX_OUTPUT_LINES, "progress": MAX_PROGRESS_LINES, "start": "fine"},
+        ],
         "warnings": ["UserWarning: x"],
         "tracebacks": 1,
         "images": [{"src": "http://elsewhere/a.png", "width": MIN_IMAGE_WIDTH - 1, "naturalWidth": 100}],
