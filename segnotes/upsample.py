@@ -65,14 +65,12 @@ UpsampleMode = Literal[InterpolationMode, LearnableMode]  # nested Literals flat
 MODES: tuple[str, ...] = get_args(UpsampleMode)  # derived, for loops over every mode
 INTERPOLATION_MODES: tuple[str, ...] = get_args(InterpolationMode)
 
-Size = tuple[int, int]
 
-
-def _target(x: torch.Tensor, size: Size | None, scale: int) -> Size:
+def _target(x: torch.Tensor, size: tuple[int, int] | None, scale: int) -> tuple[int, int]:
     return (scale * x.shape[-2], scale * x.shape[-1]) if size is None else (int(size[0]), int(size[1]))
 
 
-def _fit(x: torch.Tensor, size: Size, scale: int) -> torch.Tensor:
+def _fit(x: torch.Tensor, size: tuple[int, int], scale: int) -> torch.Tensor:
     """Crop (B, C, h, w) to ``size`` when the excess is in [0, scale), else resize bilinearly."""
     h, w = x.shape[-2:]
     if 0 <= h - size[0] < scale and 0 <= w - size[1] < scale:
@@ -87,7 +85,7 @@ def _check_scale(scale: int) -> int:
 
 
 class Interpolate(nn.Module):
-    """Parameter-free upsampling with ``F.interpolate``: (B, C, h, w) -> (B, C, *size).
+    """Parameter-free upsampling with ``F.interpolate``: (B, C, h, w) -> (B, C, H, W), (H, W) = ``size``.
 
     Args:
         mode: one of ``"nearest"``, ``"nearest-exact"``, ``"bilinear"``, ``"bicubic"``, ``"area"``.
@@ -105,7 +103,7 @@ class Interpolate(nn.Module):
         # F.interpolate rejects align_corners for the modes that do not blend; False aligns pixel centres.
         self.align_corners = False if mode in ("bilinear", "bicubic") else None
 
-    def forward(self, x: torch.Tensor, size: Size | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         return F.interpolate(x, size=_target(x, size, self.scale), mode=self.mode, align_corners=self.align_corners)
 
     def extra_repr(self) -> str:
@@ -138,7 +136,7 @@ class BilinearTransposed(nn.Module):
         scale: upsampling factor, an integer >= 2.
 
     Shapes:
-        (B, C, h, w) -> (B, C, *size), default size (scale * h, scale * w).
+        (B, C, h, w) -> (B, C, H, W), (H, W) = ``size``, by default (scale * h, scale * w).
 
     Example:
         >>> BilinearTransposed(8)(torch.zeros(1, 8, 5, 5)).shape
@@ -153,7 +151,7 @@ class BilinearTransposed(nn.Module):
         with torch.no_grad():
             self.conv.weight.copy_(bilinear_kernel(s).expand_as(self.conv.weight))  # (C, 1, k, k)
 
-    def forward(self, x: torch.Tensor, size: Size | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         s = self.scale
         y = self.conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))  # (B, C, s (h + 2), s (w + 2))
         return _fit(y[..., s:-s, s:-s], _target(x, size, s), s)  # drop the padding's share: (B, C, s h, s w)
@@ -172,7 +170,7 @@ class PixelShuffleICNR(nn.Module):
         scale: upsampling factor, an integer >= 2.
 
     Shapes:
-        (B, C, h, w) -> (B, C, *size), default size (scale * h, scale * w).
+        (B, C, h, w) -> (B, C, H, W), (H, W) = ``size``, by default (scale * h, scale * w).
 
     Example:
         >>> PixelShuffleICNR(8)(torch.zeros(1, 8, 5, 5)).shape
@@ -189,7 +187,7 @@ class PixelShuffleICNR(nn.Module):
             self.conv.weight[:, :, 1, 1] = 1.0  # identity, repeated for every sub-pixel (ICNR)
             self.conv.bias.zero_()
 
-    def forward(self, x: torch.Tensor, size: Size | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         y = self.shuffle(self.conv(x))  # (B, C, s h, s w)
         return _fit(y, _target(x, size, self.scale), self.scale)
 
@@ -211,7 +209,7 @@ class UpConv(nn.Module):
         init: ``"icnr"`` (default, no checkerboard at init) or ``"random"`` (PyTorch's default init).
 
     Shapes:
-        (B, C_in, h, w) -> (B, C_out, *size), default size (scale * h, scale * w).
+        (B, C_in, h, w) -> (B, C_out, H, W), (H, W) = ``size``, by default (scale * h, scale * w).
 
     Example:
         >>> UpConv(1280, 256)(torch.zeros(1, 1280, 2, 2)).shape
@@ -231,7 +229,7 @@ class UpConv(nn.Module):
                     self.conv.weight[:, :, :1, :1].expand(-1, -1, s, s)
                 )  # one kernel, every sub-pixel
 
-    def forward(self, x: torch.Tensor, size: Size | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         return _fit(self.conv(x), _target(x, size, self.scale), self.scale)  # (B, C_out, *size)
 
 
