@@ -22,9 +22,11 @@ builds its stages; wrap it with :class:`segnotes.encoders.Encoder` for SMP's
 ``out_channels`` convention. Numerics follow transformers' ``SegformerModel`` (LayerNorm
 epsilon 1e-5 everywhere); the original code and SMP use 1e-6 in the blocks' and stages'
 norms (``MiTConfig.norm_eps``). :func:`from_original` converts the original layout's
-state dicts (NVlabs' SegFormer, mmseg 0.x, SMP's ``mit_b*`` encoders).
+state dicts (NVlabs' SegFormer code and checkpoints, SMP's ``mit_b*`` encoders).
 
-Order: config, blocks, model, factory, weight conversion, presets.
+Order: config, blocks, model, factory, weight conversion, presets. The module is a little over
+400 lines because the encoder and the key table that loads other layouts into it belong
+together; over a third of it is the docstrings the chapter and the API reference show.
 """
 
 from __future__ import annotations
@@ -334,7 +336,7 @@ class MixTransformer(nn.Module):
 
     @property
     def min_input_size(self) -> int:
-        """Smallest input side: every stage's map must be at least ``sr_ratio`` wide for its reduction conv."""
+        """The smallest input side for which every stage's map is at least ``sr_ratio`` wide (its reduction conv)."""
         side = 1
         while any(m < r for m, r in zip(self.map_sides(side), self.config.sr_ratios)):
             side += 1
@@ -379,8 +381,9 @@ def mit(preset: MiTPreset = "b0", **overrides) -> MixTransformer:
 
 
 # --- weight conversion -------------------------------------------------------------------------------
-# The original layout: NVlabs' SegFormer (mix_transformer.py; whole checkpoints add the prefix "backbone."),
-# mmseg 0.x's SegFormer and SMP's mit_b* encoders all use these names. One row per tensor group, in model
+# The original layout: NVlabs' SegFormer (mix_transformer.py, its ImageNet mit_b*.pth files; its whole
+# SegFormer checkpoints add the prefix "backbone.") and SMP's mit_b* encoders use these names. (mmseg's own
+# MiT is a third layout: layers.*, a packed attn.in_proj_weight, 1x1 convs.) One row per tensor group, in model
 # order: original name, segnotes name. {s}: stage counted from 1 (patch_embed1), {i}: from 0, {j}: block.
 # Keys and values are one fused Linear in both layouts, so renaming is all it takes.
 # fmt: off
@@ -412,8 +415,8 @@ def from_original(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> d
     """A state dict in the original MiT layout -> a segnotes :class:`MixTransformer` state dict.
 
     The original layout is the one of NVlabs' SegFormer code (``patch_embed1.proj.weight``,
-    ``block1.0.attn.kv.weight``, ``norm1.weight``, ...), of mmseg 0.x and of SMP's ``mit_b*``
-    encoders. Build the model with ``norm_eps=1e-6`` to reproduce their outputs.
+    ``block1.0.attn.kv.weight``, ``norm1.weight``, ...) and its checkpoints, kept by SMP's
+    ``mit_b*`` encoders. Build the model with ``norm_eps=1e-6`` to reproduce their outputs.
 
     Args:
         state_dict: encoder tensors; a state dict already in segnotes' names is returned unchanged.
