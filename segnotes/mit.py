@@ -465,6 +465,3 @@ MIT_PRESETS: dict[str, MiTConfig] = {
     "b4": MiTConfig(embed_dims=_WIDE, depths=(3, 8, 27, 3)),  # 60.8M params
     "b5": MiTConfig(embed_dims=_WIDE, depths=(3, 6, 40, 3)),  # 81.4M params
 }
-
-# Transition for segnotes.segformer (old names "mit_b0" ...): remove once it reads MIT_PRESETS.
-MIT_CONFIGS = {f"mit_{name}": config for name, config in MIT_PRESETS.items()}
