@@ -94,20 +94,32 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Query rows per chunk are chosen so that one chunk's scores hold at most this many numbers
+# (16 MB in float32): a plain ViT at 512 px has 16,384 tokens, and a full score matrix would need GBs.
+_CHUNK_ELEMENTS = 2**22
+
+
 def _math_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
     """``F.scaled_dot_product_attention`` written as its definition: two matrix products and a softmax.
 
-    Only used while counting FLOPs (eval mode, so ``dropout_p`` is ignored). Grouped
-    query attention is not supported (no model in the book uses it).
+    Only used while counting FLOPs (eval mode, so ``dropout_p`` is ignored). The queries
+    are processed in chunks, which changes neither the result nor the FLOP count.
+    Grouped query attention is not supported (no model in the book uses it).
     """
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    scores = (query * scale) @ key.transpose(-2, -1)  # (B, heads, N, M)
-    if is_causal:
-        N, M = scores.shape[-2:]
-        scores = scores.masked_fill(~torch.ones(N, M, dtype=torch.bool, device=scores.device).tril(), float("-inf"))
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-    return scores.softmax(-1) @ value  # (B, heads, N, d_v)
+    N, M = query.shape[-2], key.shape[-2]
+    rows = max(1, _CHUNK_ELEMENTS // max(1, M * query[..., 0, 0].numel()))  # numel of (B, heads) = B * heads
+    causal = torch.ones(N, M, dtype=torch.bool, device=query.device).tril() if is_causal else None
+    outputs = []
+    for start in range(0, N, rows):
+        scores = (query[..., start : start + rows, :] * scale) @ key.transpose(-2, -1)  # (B, heads, rows, M)
+        if causal is not None:
+            scores = scores.masked_fill(~causal[start : start + rows], float("-inf"))
+        if attn_mask is not None:
+            mask = attn_mask[..., start : start + rows, :] if attn_mask.shape[-2] == N else attn_mask
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        outputs.append(scores.softmax(-1) @ value)  # (B, heads, rows, d_v)
+    return torch.cat(outputs, dim=-2)
 
 
 class _AttentionAsMatmuls(TorchFunctionMode):
@@ -415,15 +427,25 @@ def cards_table(cards: Sequence[ModelCard], extra: Mapping[str, Sequence[str]] |
 
     Returns:
         The table as a markdown string (render it with ``IPython.display.Markdown``).
-        Values that were not measured (no latency, no memory tracking) read "n/a".
+        The latency column appears only when some card has a latency (so a table of
+        machine-independent costs stays machine-independent); values that were not
+        measured read "n/a".
+
+    Example:
+        >>> print(cards_table([model_card(nn.Conv2d(3, 8, 1), (3, 8, 8), rounds=0)]))
+        | model | params (M) | GFLOPs | peak activations (MiB) |
+        | --- | ---: | ---: | ---: |
+        | Conv2d | 0.00 | 0.000 | 0.0 |
     """
     extra = dict(extra or {})
     for header, values in extra.items():
         if len(values) != len(cards):
             raise ValueError(f"extra column {header!r} has {len(values)} values for {len(cards)} cards")
-    headers = ["model", "params (M)", "GFLOPs", "peak activations (MiB)", "latency (ms)", *extra]
+    timed = any(c.latency is not None for c in cards)
+    headers = ["model", "params (M)", "GFLOPs", "peak activations (MiB)", *(["latency (ms)"] * timed), *extra]
     lines = ["| " + " | ".join(headers) + " |", "| --- |" + " ---: |" * (len(headers) - 1)]
     for i, c in enumerate(cards):
-        row = [c.name, f"{c.params / 1e6:.2f}", f"{c.gflops:.3f}", _fmt(c.peak_mib, ".1f"), _fmt(c.latency_ms, ".1f")]
+        row = [c.name, f"{c.params / 1e6:.2f}", f"{c.gflops:.3f}", _fmt(c.peak_mib, ".1f")]
+        row += [_fmt(c.latency_ms, ".1f")] * timed
         lines.append("| " + " | ".join(row + [values[i] for values in extra.values()]) + " |")
     return "\n".join(lines)

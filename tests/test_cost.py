@@ -72,7 +72,9 @@ def test_gflops_count_attention_on_the_cpu(kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"is_causal": True}, {"scale": 0.5}])
-def test_the_attention_counted_is_the_attention_computed(kwargs):
+@pytest.mark.parametrize("chunk", [2**22, 25])  # one chunk, or 25 // (10 keys * 2 * 4) = 1 row per chunk
+def test_the_attention_counted_is_the_attention_computed(kwargs, chunk, monkeypatch):
+    monkeypatch.setattr(cost, "_CHUNK_ELEMENTS", chunk)
     q, k, v = torch.randn(3, 2, 4, 10, 8).unbind(0)
     torch.testing.assert_close(
         cost._math_attention(q, k, v, **kwargs), F.scaled_dot_product_attention(q, k, v, **kwargs)
@@ -144,7 +146,7 @@ def test_without_a_dispatch_mode_memory_is_not_available_and_cards_say_so(monkey
         peak_activation_memory(nn.Conv2d(3, 8, 1), (3, 8, 8))
     card = model_card(nn.Conv2d(3, 8, 1), (3, 8, 8), rounds=0)
     assert math.isnan(card.peak_mib) and card.params == 32
-    assert cards_table([card]).splitlines()[2] == "| Conv2d | 0.00 | 0.000 | n/a | n/a |"
+    assert cards_table([card]).splitlines()[2] == "| Conv2d | 0.00 | 0.000 | n/a |"
 
 
 def test_nothing_private_is_looked_up_at_import():
@@ -190,8 +192,11 @@ def test_cards_table_is_markdown_with_extra_columns():
     table = cards_table(cards, extra={"mIoU": ["0.50", "0.60"]})
     lines = table.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| model |") and lines[0].endswith("| mIoU |")
-    assert lines[1] == "| --- |" + " ---: |" * 5
+    assert lines[1] == "| --- |" + " ---: |" * 4  # no latency column: no card was timed
     assert lines[3].startswith("| depth 2 |") and lines[3].endswith("| 0.60 |")
+    timed = [cards[0], model_card(conv_stack(1), (3, 16, 16), latency=Latency((1.0, 3.0), 1), rounds=0)]
+    assert cards_table(timed).splitlines()[0].endswith("| latency (ms) |")
+    assert cards_table(timed).splitlines()[2].endswith("| n/a |") and cards_table(timed).endswith("| 2.0 |")
     with pytest.raises(ValueError, match="extra column 'mIoU' has 1 values for 2 cards"):
         cards_table(cards, extra={"mIoU": ["0.5"]})
 
