@@ -13,7 +13,8 @@ be free of what makes a page hard to read (each found on main at 551c0fd):
 * a page taller than :data:`MAX_PAGE_HEIGHT` pixels at 1280 px width;
 * a figure below :data:`MIN_FIGURE_DPI` dpi, narrower than :data:`MIN_IMAGE_WIDTH` px, or shrunk
   so far that matplotlib's default 10 pt text is drawn smaller than :data:`MIN_TEXT_PX` px;
-* a Python traceback or a warning printed into an output.
+* a Python traceback or a warning printed into an output;
+* an exercise's solution (a ``hide-input`` cell) shown instead of collapsed.
 
 One full-page screenshot per page is kept in ``_build/screenshots/`` for a human to look at.
 Set ``SEGNOTES_BOOK_ROOT`` to check another checkout's build (e.g. an old commit's).
@@ -132,6 +133,8 @@ READER_VIEW = r"""async () => {
         warnings: outputs.map(pre => pre.innerText.match(/\b\w+Warning: .{0,80}/))
                          .filter(m => m).map(m => m[0]),
         tracebacks: [...main.querySelectorAll('.output.traceback, .output.error')].length,
+        shownSolutions: [...main.querySelectorAll('.cell.tag_hide-input .cell_input')]
+                            .filter(el => el.checkVisibility() && el.innerText.trim() !== '').map(firstWords),
     };
 }"""
 
@@ -183,6 +186,7 @@ def reader_problems(view: dict, server: str) -> list[str]:
     problems += [f"a warning is printed: {w!r}" for w in view["warnings"]]
     if view["tracebacks"]:
         problems.append(f"{view['tracebacks']} error output(s) with a traceback")
+    problems += [f"an exercise's solution is shown, not collapsed: {s!r}" for s in view["shownSolutions"]]
     return problems + _image_problems(view["images"], server)
 
 
@@ -226,8 +230,9 @@ def test_reader_problems_reports_every_kind():
         ],
         "warnings": ["UserWarning: x"],
         "tracebacks": 1,
+        "shownSolutions": ["class PooledReductionAttention"],
         "images": [{"src": "http://elsewhere/a.png", "width": MIN_IMAGE_WIDTH - 1, "naturalWidth": 100}],
     }
     problems = reader_problems(view, "http://127.0.0.1:1")
-    assert len(problems) == 7, problems
+    assert len(problems) == 8, problems
     assert re.search(r"raw pipes", problems[1])
