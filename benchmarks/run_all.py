@@ -5,18 +5,25 @@ Usage::
     make bench                                  # all benchmarks, rewrites README.md
     .venv/bin/python benchmarks/run_all.py      # the same
     .venv/bin/python benchmarks/run_all.py mit  # only benchmarks/mit.py, printed, README.md untouched
+    .venv/bin/python benchmarks/run_all.py --smoke  # every script that has a smoke mode, tiny sizes, printed
 
 A benchmark is any ``benchmarks/<name>.py`` (other than this file and ``_*.py``)
 that defines ``run() -> str`` returning a markdown section: a heading, a table and
 one line of conditions. Scripts run in alphabetical order, each imported as a
 module (its ``if __name__ == "__main__"`` block does not run). A failing benchmark
 becomes a section that says so, and the exit status is 1.
+
+``--smoke`` checks that the scripts still run, on a busy machine, in seconds: each
+script whose ``run`` accepts ``smoke`` is called with ``smoke=True`` (one round, tiny
+inputs); the others are skipped. Its numbers are not measurements and README.md is
+never rewritten.
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.util
+import inspect
 import os
 import platform
 import sys
@@ -65,7 +72,8 @@ def conditions() -> str:
             f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch threads: {torch.get_num_threads()}",
             f"- load average when the run started (1 min / 5 min): {load1:.2f} / {load5:.2f}"
             " (above the core count means other work shared the CPU: ratios are more trustworthy than times)",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}",
+            f"- torch {torch.__version__}, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}",
         ]
     )
 
@@ -90,8 +98,8 @@ Measured with:
 """
 
 
-def run_benchmarks(paths: Sequence[Path]) -> tuple[list[str], bool]:
-    """Run each script's ``run()``; returns the markdown sections and whether all succeeded."""
+def run_benchmarks(paths: Sequence[Path], smoke: bool = False) -> tuple[list[str], bool]:
+    """Run each script's ``run()`` (``run(smoke=True)`` in smoke mode); returns the markdown sections and success."""
     sections, ok = [], True
     for path in paths:
         print(f"running {path.name} ...", file=sys.stderr, flush=True)
@@ -101,8 +109,11 @@ def run_benchmarks(paths: Sequence[Path]) -> tuple[list[str], bool]:
             if module is None:
                 print(f"  {path.name} defines no run(): skipped", file=sys.stderr)
                 continue
+            if smoke and "smoke" not in inspect.signature(module.run).parameters:
+                print(f"  {path.name} has no smoke mode: skipped", file=sys.stderr)
+                continue
             torch.set_num_threads(THREADS)
-            section = module.run().strip()
+            section = (module.run(smoke=True) if smoke else module.run()).strip()
         except Exception:  # one broken benchmark must not hide the others
             ok = False
             section = f"## {path.stem}\n\nFailed:\n\n```\n{traceback.format_exc(limit=5)}```"
@@ -114,6 +125,8 @@ def run_benchmarks(paths: Sequence[Path]) -> tuple[list[str], bool]:
 
 def main(argv: Sequence[str] | None = None, directory: Path = HERE) -> int:
     names = list(sys.argv[1:] if argv is None else argv)
+    smoke = "--smoke" in names
+    names = [n for n in names if n != "--smoke"]
     torch.set_num_threads(THREADS)
     available = discover(directory)
     if names:
@@ -125,11 +138,11 @@ def main(argv: Sequence[str] | None = None, directory: Path = HERE) -> int:
     else:
         paths = available
     head = HEADER + conditions() + "\n"
-    sections, ok = run_benchmarks(paths)
+    sections, ok = run_benchmarks(paths, smoke=smoke)
     if not sections:
         sections = ["No benchmark scripts found."]
     text = head + "\n" + "\n\n".join(sections) + "\n"
-    if names:
+    if names or smoke:
         print(text)
     else:
         (directory / "README.md").write_text(text)

@@ -32,11 +32,12 @@ from _fusion import fuse_for_inference  # noqa: E402
 SIZE, ROUNDS, WARMUP, THREADS = 512, 7, 2, 2
 
 
-def run(rounds: int = ROUNDS) -> str:
-    """Time every variant in interleaved rounds and return a markdown section."""
+def run(rounds: int = ROUNDS, smoke: bool = False) -> str:
+    """Time every variant in interleaved rounds and return a markdown section (``smoke``: 64x64, one round)."""
+    size, rounds, warmup, modes = (64, 1, 1, MODES[:1]) if smoke else (SIZE, rounds, WARMUP, MODES)
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    x = torch.rand(1, 3, SIZE, SIZE)
+    x = torch.rand(1, 3, size, size)
     ref = smp.Unet("mobilenet_v2", encoder_weights=None, classes=1).eval()
     ours = Unet(MobileNetV2Backbone(), num_classes=1, head_kernel_size=3).eval()
     ours.load_state_dict(convert_smp_state_dict(ref.state_dict()), strict=True)
@@ -45,7 +46,7 @@ def run(rounds: int = ROUNDS) -> str:
         "segnotes `Unet` (eager)": ours,
         "segnotes `fuse_for_inference`": fuse_for_inference(ours),
     }
-    for mode in MODES:
+    for mode in modes:
         variants[f"segnotes fused, `decoder_interpolation={mode!r}`"] = fuse_for_inference(
             Unet(MobileNetV2Backbone(), num_classes=1, head_kernel_size=3, decoder_interpolation=mode)
         )
@@ -53,7 +54,7 @@ def run(rounds: int = ROUNDS) -> str:
         y = ref(x)
         same = torch.equal(ours(x), y)
         fused_diff = (variants["segnotes `fuse_for_inference`"](x) - y).abs().max().item()
-    latency = compare_latency(variants, tuple(x.shape), rounds=rounds, warmup=WARMUP)
+    latency = compare_latency(variants, tuple(x.shape), rounds=rounds, warmup=warmup)
     base = latency["SMP `Unet` (eager)"].median_ms
     rows = ["| model | median ms | vs SMP |", "| --- | ---: | ---: |"]
     for name, lat in latency.items():
@@ -65,8 +66,9 @@ def run(rounds: int = ROUNDS) -> str:
             *rows,
             "",
             f"Outputs for SMP's weights: eager identical to SMP: {same}; fused max abs difference {fused_diff:.1e}. "
-            f"{SIZE}x{SIZE}, batch 1, {THREADS} threads, torch {torch.__version__}, {platform.machine()}, "
-            f"medians of {rounds} interleaved rounds after {WARMUP} warm-up runs, `torch.inference_mode`.",
+            f"{size}x{size}, batch 1, {THREADS} threads, torch {torch.__version__}, {platform.machine()}, "
+            f"medians of {rounds} interleaved rounds after {warmup} warm-up runs, `torch.inference_mode`."
+            + (" SMOKE RUN: not a measurement." if smoke else ""),
         ]
     )
 

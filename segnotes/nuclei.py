@@ -114,7 +114,9 @@ class NucleiTiles(TensorSegmentation):
     class_names = NUCLEI_CLASS_NAMES
     palette = NUCLEI_PALETTE
 
-    def __init__(self, image: np.ndarray, mask: np.ndarray, rows: tuple[int, int], tile: int = 64, augment: bool = False):
+    def __init__(
+        self, image: np.ndarray, mask: np.ndarray, rows: tuple[int, int], tile: int = 64, augment: bool = False
+    ):
         if image.ndim != 2 or image.shape != mask.shape:
             raise ValueError(f"need (H, W) image and mask of the same shape, got {image.shape} and {mask.shape}")
         top, bottom = rows

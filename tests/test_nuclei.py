@@ -46,7 +46,9 @@ def test_splits_are_disjoint_and_cover_the_image():
     expected = torch.from_numpy(image[384 + 64 * r : 384 + 64 * (r + 1), 64 * c : 64 * (c + 1)])
     got_image, got_mask = val[8 * r + c]
     assert torch.equal(got_image[0], expected) and torch.equal(got_image[1], expected)
-    assert torch.equal(got_mask, torch.from_numpy(instances[384 + 64 * r : 448 + 64 * r, 64 * c : 64 * (c + 1)] > 0).long())
+    assert torch.equal(
+        got_mask, torch.from_numpy(instances[384 + 64 * r : 448 + 64 * r, 64 * c : 64 * (c + 1)] > 0).long()
+    )
     # every pixel of the image is in exactly one split
     assert (len(train) + len(val)) * 64 * 64 == image.size
 
