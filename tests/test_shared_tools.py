@@ -9,12 +9,10 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import segnotes
 from segnotes.data import CLASS_NAMES, PALETTE, PHOTOS, Shapes, load_photo, photo_tensor, shapes_splits
-from segnotes.inspect import trace
 from segnotes.train import (
     History,
     boundary_counts,
@@ -197,29 +195,6 @@ def test_fit_seeds_is_reproducible_with_dice_augmentation_and_boundary(monkeypat
     assert captured.out == captured.err == ""
     with pytest.raises(ValueError, match="at least one seed"):
         fit_seeds(lambda: TinyNet(2), train, val, seeds=(), **kwargs)
-
-
-def test_trace_finds_mobilenet_downsampling_points():
-    model = torchvision.models.mobilenet_v2().features
-    t = trace(model, torch.randn(1, 3, 64, 64))
-    assert [s.name for s in t.downsampling_points()] == ["1", "3", "6", "13", "18"]
-    assert [s.stride for s in t.downsampling_points()] == [2, 4, 8, 16, 32]
-    assert "stride" in str(t) and len(t) == 19
-    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
-        trace(model, torch.randn(3, 64, 64))
-
-
-def test_trace_records_tokens_and_tuples():
-    class Tok(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Conv2d(3, 8, 4, stride=4)
-
-        def forward(self, x):
-            return self.embed(x).flatten(2).transpose(1, 2)
-
-    t = trace(Tok(), torch.randn(1, 3, 16, 16), depth=None)
-    assert t[0].stride == 4 and t[0].channels == 8
 
 
 def test_viz_functions_return_figures():
