@@ -41,8 +41,8 @@ def setup(seed: int = 0, threads: int | None = 2, figure_dpi: int = 100) -> torc
     """Make a chapter reproducible and return the device to run it on.
 
     Seeds Python, NumPy and torch, fixes torch's intra-op thread count (results of
-    float reductions depend on it), asks cuDNN for deterministic kernels, and sets a
-    modest figure resolution so notebooks stay small.
+    float reductions depend on it), asks cuDNN for deterministic kernels and GPUs for
+    exact float32 (no TF32), and sets a figure resolution legible at page width.
 
     Args:
         seed: seed for ``random``, ``numpy`` and ``torch`` (all devices).
@@ -66,6 +66,10 @@ def setup(seed: int = 0, threads: int | None = 2, figure_dpi: int = 100) -> torc
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+    # Exact float32 matmuls and convolutions on GPUs too (TF32 rounds to 10 mantissa bits): the chapters'
+    # equivalence checks (folded vs literal, conv vs Linear) must hold on Colab as on a CPU.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
     import matplotlib
 
