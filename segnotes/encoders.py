@@ -148,7 +148,7 @@ class Encoder(nn.Module):
 
     @property
     def output_stride(self) -> int:
-        """Stride of the deepest feature map: inputs must be a multiple of it."""
+        """Stride of the deepest feature map; inputs must be a multiple of it."""
         return self.strides[-1]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
