@@ -26,7 +26,7 @@ import statistics
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
+
+from .model import eval_mode
 
 __all__ = [
     "ModelCard",
@@ -59,17 +61,6 @@ def _batch_shape(input_size: Sequence[int]) -> tuple[int, int, int, int]:
     if len(size) != 4 or min(size) < 1:
         raise ValueError(f"input_size must be (C, H, W) or (B, C, H, W) with positive entries, got {tuple(input_size)}")
     return size
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode (BatchNorm uses running statistics), then in its old mode again."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -155,7 +146,7 @@ def count_gflops(model: nn.Module, input_size: Sequence[int]) -> float:
     shape = _batch_shape(input_size)
     x = torch.rand(shape, device=_device_of(model))
     counter = FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), counter, _AttentionAsMatmuls():
+    with eval_mode(model), torch.no_grad(), counter, _AttentionAsMatmuls():
         model(x)
     return counter.get_total_flops() / 1e9
 
@@ -252,7 +243,7 @@ def peak_activation_memory(model: nn.Module, input_size: Sequence[int]) -> int:
     shape = _batch_shape(input_size)
     x = torch.rand(shape, device=_device_of(model))
     tracker = _live_bytes_tracker(ignore=[x, *model.parameters(), *model.buffers()])
-    with _eval_mode(model), torch.no_grad(), tracker:
+    with eval_mode(model), torch.no_grad(), tracker:
         out = model(x)
     del out
     return tracker.peak
@@ -279,7 +270,7 @@ class Latency:
 
     @property
     def iqr_ms(self) -> float:
-        """Interquartile range of the rounds: how noisy the machine was."""
+        """Interquartile range of the rounds; it says how noisy the machine was."""
         if len(self.times_ms) < 2:
             return 0.0
         q1, _, q3 = statistics.quantiles(self.times_ms, n=4)
@@ -340,7 +331,7 @@ def compare_latency(
     number: dict[str, int] = {}
     with ExitStack() as stack, torch.inference_mode():
         for model in models.values():
-            stack.enter_context(_eval_mode(model))
+            stack.enter_context(eval_mode(model))
         for name in names:  # warm up, and pick how many passes make one timing
             elapsed = min(timed(name, 1) for _ in range(warmup))
             number[name] = max(1, math.ceil(min_seconds / max(elapsed, 1e-6)))

@@ -22,12 +22,13 @@ can be compared with the uniform share (the disc's area over the image's).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .model import eval_mode
 
 __all__ = ["ReceptiveField", "effective_receptive_field"]
 
@@ -99,16 +100,6 @@ class ReceptiveField:
         return float(self.map.double()[inside].sum() / self.map.double().sum())
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def effective_receptive_field(
     model: nn.Module,
     input_size: Sequence[int],
@@ -167,7 +158,7 @@ def effective_receptive_field(
     device = p.device if p is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
     total = torch.zeros(H, W, dtype=torch.float64)
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             if inputs is None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .model import eval_mode
+
 __all__ = ["Stage", "Trace", "trace", "source", "show_source"]
 
 
@@ -172,13 +174,10 @@ def trace(model: nn.Module, x: torch.Tensor, depth: int | None = 1, leaves: bool
         elif depth is not None and name.count(".") + 1 > depth:
             continue
         handles.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return Trace(stages)

@@ -22,7 +22,8 @@ The helpers below hold rules that several models share, written once:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar, get_args
 
 import torch
@@ -36,6 +37,7 @@ __all__ = [
     "check_divisible",
     "check_choice",
     "check_positive",
+    "eval_mode",
     "pad_to_multiple",
     "resize",
 ]
@@ -130,6 +132,24 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (BatchNorm uses running statistics, dropout is off), then in its old mode again.
+
+    Measurements (cost, receptive fields, traces) must not change the model they measure.
+
+    Example:
+        >>> with eval_mode(model):  # doctest: +SKIP
+        ...     y = model(x)
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class SegmentationHead(nn.Sequential):
