@@ -211,8 +211,13 @@ class ViTBackbone(nn.Module):
         norm: pass each block's tokens through the ViT's final LayerNorm (what the classifier sees).
 
     Attributes:
-        patch_size, embed_dim, in_channels, indices, num_prefix_tokens;
-        ``feature_channels`` / ``feature_strides``: the declared maps, ``embed_dim`` / ``patch_size`` each.
+        patch_size: p, the ViT's patch size (the stride of every map).
+        embed_dim: C, the token width (the channels of every map).
+        in_channels: image channels the ViT takes.
+        indices: the blocks read, as non-negative indices.
+        num_prefix_tokens: CLS and register tokens in front of the patch tokens.
+        feature_channels: the declared maps' channels, ``embed_dim`` each.
+        feature_strides: the declared maps' strides, ``patch_size`` each.
 
     Shapes:
         (B, in_channels, H, W) -> ``len(indices)`` maps of shape (B, embed_dim, H/p, W/p);
