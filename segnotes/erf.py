@@ -114,7 +114,7 @@ def effective_receptive_field(
 
     For each of ``n`` random inputs x (uniform in [0, 1], like the book's images), or
     each of the given ``inputs``, the output map y (B, K, h, w) is reduced to the centre
-    pixel summed over channels, s = sum_k y[k, h // 2, w // 2], and the map is |ds/dx|
+    pixel summed over channels, s = sum_k y[k, h // 2, w // 2], and the map is ``|ds/dx|``
     summed over input channels. The maps are averaged over the inputs and normalised to
     sum 1. The model runs in eval mode (BatchNorm with running statistics, so the
     samples of a batch do not interact) and is left in the mode it was in.
