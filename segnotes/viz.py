@@ -78,7 +78,7 @@ def show_features(feature: torch.Tensor, n: int = 8, title: str | None = None, s
     order = feature.flatten(1).std(1).argsort(descending=True)[:n]
     fig, axes = plt.subplots(1, len(order), figsize=(size * len(order), size + 0.3), squeeze=False)
     for ax, c in zip(axes[0], order.tolist()):
-        ax.imshow(feature[c].numpy(), cmap="viridis")
+        ax.imshow(feature[c].numpy(), cmap="viridis", interpolation="nearest")  # true pixels; PNGs stay small
         ax.set_title(f"ch {c}", fontsize=8)
         ax.set_axis_off()
     if title:
