@@ -20,11 +20,16 @@ Run alone: ``.venv/bin/python benchmarks/segformer.py [rounds] [threads] [--size
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from segnotes.cost import compare_latency, peak_activation_memory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark-only helpers next to this file
+from _models import transformers_segformer_b0  # noqa: E402
 
 SIZE = 512
 NUM_CLASSES = 150
@@ -41,7 +46,6 @@ def build() -> dict[str, nn.Module]:
     transformers with ``to_transformers``: the module's own key tables, nothing else.
     """
     import segmentation_models_pytorch as smp
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     from segnotes.segformer import from_smp, segformer, to_transformers
 
@@ -57,9 +61,9 @@ def build() -> dict[str, nn.Module]:
         models[name].load_state_dict(weights, strict=True)
         models[name].eval()
     models["segnotes literal decoder"].decoder.fold = False
-    hf = SegformerForSemanticSegmentation(SegformerConfig(num_labels=NUM_CLASSES)).eval()  # B0, default attention
-    hf.load_state_dict(to_transformers(weights), strict=True)
-    models["transformers"] = _Logits(hf)
+    hf = transformers_segformer_b0(NUM_CLASSES).eval()  # default attention
+    hf.model.load_state_dict(to_transformers(weights), strict=True)
+    models["transformers"] = hf
     models["smp"] = theirs
     return models
 
@@ -76,18 +80,10 @@ def _smp_parity(theirs, ours, x: torch.Tensor) -> float:
         return (same_eps(x) - quarter).abs().max().item()
 
 
-class _Logits(nn.Module):
-    """transformers' model as a module that returns the logits tensor, to time like the others."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x).logits
-
-
-def run(rounds: int = ROUNDS, threads: int = THREADS, size: int = SIZE) -> str:
+def run(rounds: int = ROUNDS, threads: int = THREADS, size: int = SIZE, smoke: bool = False) -> str:
+    """Time, measure and compare the models; a markdown section (``smoke``: 64x64, one round, not a measurement)."""
+    if smoke:
+        rounds, size = 1, 64
     torch.set_num_threads(threads)
     models = build()
     torch.manual_seed(1)
@@ -126,7 +122,10 @@ def run(rounds: int = ROUNDS, threads: int = THREADS, size: int = SIZE) -> str:
             "",
             f"Conditions: SegFormer-B0, {NUM_CLASSES} classes, 1x3x{size}x{size}, CPU, {threads} threads, eval + "
             f"inference_mode, {rounds} interleaved rounds after one warm-up; peak memory = most bytes of tensors "
-            "alive at once during one forward, weights and input excluded; torch " + torch.__version__ + ".",
+            "alive at once during one forward, weights and input excluded; torch "
+            + torch.__version__
+            + "."
+            + (" SMOKE RUN: not a measurement." if smoke else ""),
         ]
     )
 

@@ -26,26 +26,20 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark-only helpers next to this file
+from _models import transformers_segformer_b0  # noqa: E402
+
 SIZE, BATCH, CLASSES, ROUNDS, THREADS = 64, 16, 5, 9, 2
 DECODER = (64, 32, 16, 16, 8)
-
-
-class _Logits(nn.Module):
-    """transformers' SegFormer returns an output object: keep its 1/4-resolution ``logits``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x).logits
 
 
 def builders(size: int) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
@@ -57,11 +51,6 @@ def builders(size: int) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
     from segnotes.setr import SetrMla, SetrNaive, SetrPup
     from segnotes.unet import MobileNetV2Backbone, Unet, UnetPlusPlus
     from segnotes.vit import vit
-
-    def transformers_b0() -> nn.Module:
-        from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-        return _Logits(SegformerForSemanticSegmentation(SegformerConfig(num_labels=CLASSES, drop_path_rate=0.0)))
 
     unet_kwargs = dict(num_classes=CLASSES, decoder_channels=DECODER, head_kernel_size=1)
     smp_kwargs = dict(encoder_weights=None, classes=CLASSES, decoder_channels=DECODER)
@@ -79,7 +68,10 @@ def builders(size: int) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
             "SegFormer-B0",
             lambda: segformer("b0", num_classes=CLASSES, drop_path_rate=0.0),
         ),
-        "transformers `SegformerForSemanticSegmentation`": ("SegFormer-B0", transformers_b0),
+        "transformers `SegformerForSemanticSegmentation`": (
+            "SegFormer-B0",
+            lambda: transformers_segformer_b0(CLASSES, drop_path_rate=0.0),
+        ),
         "SMP `Segformer('mit_b0')`": (
             "SegFormer-B0",
             lambda: smp.Segformer("mit_b0", encoder_weights=None, classes=CLASSES),

@@ -84,6 +84,7 @@ class TimmBackbone(nn.Module):
 
         kwargs = {} if num_features is None else {"out_indices": tuple(range(num_features))}
         self.model = timm.create_model(name, features_only=True, pretrained=pretrained, in_chans=in_channels, **kwargs)
+        self.in_channels = in_channels
         self.feature_channels: list[int] = list(self.model.feature_info.channels())
         self.feature_strides: list[int] = list(self.model.feature_info.reduction())
         self._channels_last = getattr(self.model, "output_fmt", "NCHW") == "NHWC"  # e.g. Swin
@@ -127,6 +128,13 @@ class Encoder(nn.Module):
                 "feature_strides (one entry per feature map its forward returns), or a timm name to get_encoder"
             )
         check_positive("in_channels", in_channels)
+        # A backbone that says what it takes must agree with the encoder, or the first batch fails deep inside.
+        declared_in = getattr(backbone, "in_channels", None)
+        if declared_in is not None and declared_in != in_channels:
+            raise ValueError(
+                f"{type(backbone).__name__} takes {declared_in} input channels but in_channels={in_channels} was "
+                f"asked for: pass in_channels={declared_in}, or build the backbone with in_channels={in_channels}"
+            )
         if not 1 <= depth <= 5:
             raise ValueError(f"depth must be in 1..5, got {depth}")
         self.style = encoder_style(strides)
@@ -202,7 +210,7 @@ def get_encoder(name: str, in_channels: int = 3, depth: int = 5, pretrained: boo
             "Encoder(MobileNetV2Backbone()), Encoder(mit('b0')))"
         )
     with torch.device("meta"):  # read the declared pyramid without allocating weights
-        probe = TimmBackbone(name)
+        probe = TimmBackbone(name, in_channels)
     # Only build the stages this depth uses: Encoder checks the depth against the probe's pyramid.
     num_real = Encoder(probe, in_channels, depth)._num_real
     return Encoder(TimmBackbone(name, in_channels, num_real, pretrained), in_channels, depth)

@@ -326,6 +326,11 @@ class MixTransformer(nn.Module):
             self.feature_strides.append(stride)
             in_channels, start = dim, start + depth
 
+    @property
+    def in_channels(self) -> int:
+        """Channels of the input image (from the config)."""
+        return self.config.in_channels
+
     def map_sides(self, side: int) -> list[int]:
         """The side of each stage's map for an input side, by the convolution size formula."""
         sides = []

@@ -68,6 +68,7 @@ __all__ = [
     "convert_smp_state_dict",
     "UNET_PRESETS",
     "unet",
+    "EncoderWeights",
 ]
 
 Preset = Literal["smp", "book"]
@@ -364,6 +365,7 @@ class Unet(SegmentationModel):
     ):
         check_positive("in_channels", in_channels)  # before timm builds a stem for 0 channels
         check_choice("encoder_weights", encoder_weights, (None, "imagenet"))
+        check_choice("decoder_interpolation", decoder_interpolation, UpsampleMode)  # named as the caller wrote it
         enc = as_encoder(encoder, in_channels, encoder_depth, pretrained=encoder_weights is not None)
         decoder = self.decoder_class(
             enc.out_channels, decoder_channels, interpolation=decoder_interpolation, use_skips=use_skips

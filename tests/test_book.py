@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from book_toc import toc_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -143,23 +144,9 @@ def test_notebook_ends_with_exercises_and_hidden_solutions(path: Path):
         assert not _ignored(c), f"{path.name}: a solution's output must be compared by nbval: {_source(c)[:80]!r}"
 
 
-def _toc_files(entries) -> list[str]:
-    files = []
-    for e in entries:
-        if "file" in e:
-            files.append(e["file"])
-        files += _toc_files(e.get("sections", []))
-    return files
-
-
-def _listed() -> list[str]:
-    entries = TOC.get("chapters", []) + sum((part["chapters"] for part in TOC.get("parts", [])), [])
-    return [TOC["root"], *_toc_files(entries)]
-
-
 def test_toc_lists_every_notebook_and_page():
     assert TOC["format"] == "jb-book"
-    listed = _listed()
+    listed = toc_pages()
     assert len(listed) == len(set(listed)), "a page is listed twice in _toc.yml"
     pages = {
         str(p.relative_to(ROOT).with_suffix(""))
@@ -172,7 +159,7 @@ def test_toc_lists_every_notebook_and_page():
 
 
 def test_chapters_are_listed_in_file_order():
-    chapters = [f for f in _listed() if (ROOT / f"{f}.ipynb").exists()]
+    chapters = [f for f in toc_pages() if (ROOT / f"{f}.ipynb").exists()]
     assert chapters == sorted(chapters) and len(chapters) == len(NOTEBOOKS)
 
 
@@ -186,7 +173,7 @@ def test_every_module_has_an_api_page_that_links_to_its_chapter(module: str):
         f"{page.name} must document segnotes.{module} with automodule"
     )
     assert re.search(r"\{doc\}`\.\./0\d_", text), f"{page.name} must link to the chapter that teaches the module"
-    assert f"book/api/{module}" in _listed(), f"book/api/{module} is not in _toc.yml"
+    assert f"book/api/{module}" in toc_pages(), f"book/api/{module} is not in _toc.yml"
 
 
 def test_api_pages_document_existing_modules_only():

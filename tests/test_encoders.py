@@ -19,7 +19,9 @@ from segnotes.encoders import (
     encoder_style,
     get_encoder,
 )
+from segnotes.mit import mit
 from segnotes.model import pad_to_multiple
+from segnotes.unet import MobileNetV2Backbone
 
 NAMES = ["convnext_tiny", "mobilenetv2_100", "resnet18", "pvt_v2_b0"]
 
@@ -100,6 +102,8 @@ def test_depth_truncates_like_smp(name, depth):
 
 
 def test_in_channels():
+    assert as_encoder(MobileNetV2Backbone(in_channels=1), in_channels=1).in_channels == 1
+    assert get_encoder("convnext_tiny", in_channels=1, depth=3).out_channels == [1, 0, 96, 192]
     enc = get_encoder("resnet18", in_channels=1).eval()
     assert enc.out_channels[0] == 1 and enc(torch.randn(1, 1, 32, 32))[-1].shape == (1, 512, 1, 1)
 
@@ -146,6 +150,8 @@ def test_as_encoder_accepts_a_name_a_backbone_or_an_encoder():
         (Encoder(Toy(), depth=3), {"in_channels": 1}, "the encoder takes 3 input channels; pass in_channels=3"),
         (Encoder(Toy(), depth=3), {"depth": 2}, "the encoder was built with depth 3; pass that depth, not 2"),
         (Toy(), {"pretrained": True}, "pretrained=True only applies to timm names"),
+        (MobileNetV2Backbone(in_channels=1), {}, r"takes 1 input channels but in_channels=3 .*pass in_channels=1"),
+        (mit("b0", in_channels=4), {"in_channels": 3}, "MixTransformer takes 4 input channels"),
     ],
 )
 def test_as_encoder_rejects_what_it_cannot_use(encoder, kwargs, message):

@@ -260,7 +260,7 @@ def test_bad_inputs_raise_value_errors_that_say_how_to_fix_them():
         (dict(in_channels=0), "in_channels must be a positive integer"),
         (dict(decoder_channels=(64, 32)), "one entry per encoder stage"),
         (dict(decoder_channels=(64, 32, 16, 0, 8)), "every decoder_channels entry must be a positive"),
-        (dict(decoder_interpolation="linear"), "must be one of"),
+        (dict(decoder_interpolation="linear"), "decoder_interpolation must be one of"),
         (dict(head_kernel_size=5), "kernel_size must be one of"),
         (dict(encoder_weights="imagenet21k"), "encoder_weights must be one of"),
         (dict(encoder_depth=6), "depth must be in 1..5"),

@@ -34,13 +34,13 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
+from book_toc import toc_pages
 
 ROOT = Path(os.environ.get("SEGNOTES_BOOK_ROOT") or Path(__file__).resolve().parents[2])
 HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
-TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 
 # Measured at 1280x900 on the reworked chapters: 11 000 to 15 000 px each; on 551c0fd, chapter 2 was
 # 20 645 px and chapter 6 32 252 px, most of both a progress-bar dump.
@@ -52,16 +52,7 @@ MIN_IMAGE_WIDTH = 300  # rendered CSS pixels
 MIN_TEXT_PX = 9.0  # matplotlib's default 10 pt text, as drawn on the page
 
 
-def _toc_files(entries) -> list[str]:
-    files = []
-    for e in entries:
-        if "file" in e:
-            files.append(e["file"])
-        files += _toc_files(e.get("sections", []))
-    return files
-
-
-PAGES = [TOC["root"], *_toc_files(TOC.get("chapters", []) + sum((p["chapters"] for p in TOC.get("parts", [])), []))]
+PAGES = toc_pages(ROOT)
 
 
 def _require(condition: bool, why: str) -> None:
