@@ -179,7 +179,10 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.upsample(x, skip.shape[-2:])  # (B, in, H, W): the skip's size, odd sizes included
-        x = torch.cat([x, skip], dim=1)  # (B, in + skip, H, W); a 0-channel skip adds nothing
+        if skip.shape[1]:  # (B, in + skip, H, W)
+            # An empty skip (the image at stride 1, or use_skips=False) adds nothing, but torch.cat would
+            # still copy the whole map, and in channels_last convert its layout (a third of the fused latency).
+            x = torch.cat([x, skip], dim=1)
         return self.conv2(self.conv1(x))
 
 
