@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+PAGES = toc_pages(ROOT)  # read once; several tests look pages up
 MODULES = sorted(p.stem for p in (ROOT / "segnotes").glob("*.py") if p.stem != "__init__")
 MAX_NOTEBOOK_BYTES = 300_000
 # A raw floating-point difference in a compared output differs between CPUs (the before-stop hook's
@@ -146,7 +147,7 @@ def test_notebook_ends_with_exercises_and_hidden_solutions(path: Path):
 
 def test_toc_lists_every_notebook_and_page():
     assert TOC["format"] == "jb-book"
-    listed = toc_pages()
+    listed = PAGES
     assert len(listed) == len(set(listed)), "a page is listed twice in _toc.yml"
     pages = {
         str(p.relative_to(ROOT).with_suffix(""))
@@ -159,7 +160,7 @@ def test_toc_lists_every_notebook_and_page():
 
 
 def test_chapters_are_listed_in_file_order():
-    chapters = [f for f in toc_pages() if (ROOT / f"{f}.ipynb").exists()]
+    chapters = [f for f in PAGES if (ROOT / f"{f}.ipynb").exists()]
     assert chapters == sorted(chapters) and len(chapters) == len(NOTEBOOKS)
 
 
@@ -173,7 +174,7 @@ def test_every_module_has_an_api_page_that_links_to_its_chapter(module: str):
         f"{page.name} must document segnotes.{module} with automodule"
     )
     assert re.search(r"\{doc\}`\.\./0\d_", text), f"{page.name} must link to the chapter that teaches the module"
-    assert f"book/api/{module}" in toc_pages(), f"book/api/{module} is not in _toc.yml"
+    assert f"book/api/{module}" in PAGES, f"book/api/{module} is not in _toc.yml"
 
 
 def test_api_pages_document_existing_modules_only():
