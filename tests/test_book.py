@@ -223,15 +223,41 @@ def _index_table(heading: str) -> dict[str, str]:
     return {name.strip(): value.strip() for name, value in rows[2:]}
 
 
-def test_tested_versions_on_the_first_page_are_installed():
+def _lock() -> dict[str, str]:
+    """constraints.txt, the lock `make book` / `make test` install: normalised name -> exact version."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_normalise(name)] = version.strip()
+    return pins
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_lock_pins_every_line_exactly():
+    lines = [x for x in (ROOT / "constraints.txt").read_text().splitlines() if x.strip() and not x.startswith("#")]
+    assert lines and all(re.fullmatch(r"[\w.-]+==[\w.+!-]+", x) for x in lines), "constraints.txt: name==version only"
+
+
+def test_tested_versions_on_the_first_page_are_the_lock():
+    """One source of truth: the first page's table states what the lock pins."""
     stated = _index_table("Tested versions")
     assert {"torch", "timm", "transformers", "segmentation_models_pytorch"} <= set(stated)
-    wrong = {
-        name: (v, importlib.metadata.version(name))
-        for name, v in stated.items()
-        if importlib.metadata.version(name) != v
-    }
-    assert not wrong, f"book/index.md states versions that are not installed (stated, installed): {wrong}"
+    lock = _lock()
+    wrong = {name: (v, lock.get(_normalise(name))) for name, v in stated.items() if lock.get(_normalise(name)) != v}
+    assert not wrong, f"book/index.md states versions the lock (constraints.txt) does not pin (stated, lock): {wrong}"
+
+
+def test_installed_versions_are_the_lock():
+    """`make test` installs the lock; `make test-colab` / `test-latest` deselect this test on purpose."""
+    installed = {_normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    wrong = {name: (v, installed[name]) for name, v in _lock().items() if name in installed and installed[name] != v}
+    assert not wrong, f"installed versions differ from constraints.txt (lock, installed): {wrong}; run make test"
+    missing = {"torch", "timm", "transformers", "segmentation-models-pytorch", "jupyter-book"} - set(installed)
+    assert not missing, f"not installed: {missing}"
 
 
 def test_run_time_table_lists_every_chapter():
