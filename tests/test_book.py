@@ -137,12 +137,23 @@ def test_notebook_ends_with_exercises_and_hidden_solutions(path: Path):
     ]
     assert headings, f"{path.name}: no '## Exercises' section (issue 12: 3-5 exercises with checked solutions)"
     after = [c for c in nb["cells"][headings[-1] :] if c["cell_type"] == "code" and _source(c).strip()]
-    hidden = [c for c in after if "hide-input" in c.get("metadata", {}).get("tags", [])]
-    assert len(hidden) >= 3, (
-        f"{path.name}: {len(hidden)} solution cells tagged hide-input after '## Exercises'; want 3-5"
+    solutions = [c for c in after if "hide-cell" in c.get("metadata", {}).get("tags", [])]
+    assert 3 <= len(solutions) <= 5, (
+        f"{path.name}: {len(solutions)} solution cells tagged hide-cell after '## Exercises'; want 3-5"
     )
-    for c in hidden:
-        assert not _ignored(c), f"{path.name}: a solution's output must be compared by nbval: {_source(c)[:80]!r}"
+    for c in after:
+        assert "hide-input" not in c.get("metadata", {}).get("tags", []), (
+            f"{path.name}: hide-input shows a solution's output under the question; tag it hide-cell"
+        )
+    for c in solutions:
+        src = _source(c)
+        assert not _ignored(c), f"{path.name}: a solution's output must be compared by nbval: {src[:80]!r}"
+        # Colab's form view collapses the cell to its title, as the page collapses it to a toggle.
+        assert src.startswith("# @title ") and c["metadata"].get("cellView") == "form", (
+            f"{path.name}: a solution starts with '# @title Solution to exercise N' and has cellView: form"
+        )
+        assert re.search(r"^\s*assert ", src, re.MULTILINE), f"{path.name}: a solution asserts its answer: {src[:80]!r}"
+        assert not re.search(r"print\([^)]*,\s*True\)", src), f"{path.name}: a solution prints a literal True"
 
 
 def test_toc_lists_every_notebook_and_page():
@@ -303,3 +314,17 @@ def test_package_pins_nothing_exactly():
     assert not [d for d in deps if "==" in d], "no == pins: Colab must keep its own torch"
     torch_dep = next(d for d in deps if d.startswith("torch") and not d.startswith("torchvision"))
     assert torch_dep == "torch>=2.1"
+
+
+PAGE_COLUMNS = 88  # monospace characters the page column shows at 1280 px (the browser check measures it)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_and_printed_lines_fit_the_page(path: Path):
+    """A longer line scrolls sideways on the page, and a checked verdict at its end is cut off."""
+    long = []
+    for i, cell in enumerate(_code_cells(path)):
+        printed = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []) if o["output_type"] == "stream")
+        for kind, text in (("code", _source(cell)), ("output", printed)):
+            long += [f"cell {i + 1} {kind}: {line[:60]!r}..." for line in text.splitlines() if len(line) > PAGE_COLUMNS]
+    assert not long, f"{path.name}: {len(long)} lines over {PAGE_COLUMNS} characters: {long[:5]}"
