@@ -121,7 +121,7 @@ test-colab:
 	$(PYTHON) -m venv .venv-colab
 	.venv-colab/bin/python -m pip install --progress-bar off -q -r $(COLAB_VERSIONS) 2>&1 | $(QUIET_PIP)
 	.venv-colab/bin/python -m pip install --progress-bar off -q \
-	  "segnotes @ git+file://$(CURDIR)@$$(git rev-parse HEAD)" pytest nbval ipykernel 2>&1 | $(QUIET_PIP)
+	  "segnotes @ git+file://localhost$(CURDIR)@$$(git rev-parse HEAD)" pytest nbval ipykernel 2>&1 | $(QUIET_PIP)
 	.venv-colab/bin/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	.venv-colab/bin/python -m pip freeze | grep -iE '^(torch|torchvision|numpy|transformers|timm|huggingface.hub|matplotlib|scikit.image|segmentation.models.pytorch|stardist)=='
 	.venv-colab/bin/python -m pytest tests -q -p no:cacheprovider --ignore=tests/browser \
