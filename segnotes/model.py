@@ -21,11 +21,14 @@ The helpers below hold rules that several models share, written once:
 
 from __future__ import annotations
 
+import itertools
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, get_args
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,14 +65,29 @@ def check_choice(name: str, value: T, options: Any) -> T:
 
 
 def check_positive(name: str, value: int) -> int:
-    """Return ``value`` if it is a positive integer, else raise a ``ValueError`` saying so."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Return ``value`` as an ``int`` if it is a positive integer (NumPy's too), else raise a ``ValueError``.
+
+    Example:
+        >>> check_positive("epochs", np.int64(3))  # doctest: +SKIP
+        3
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
-def check_images(x: torch.Tensor, in_channels: int) -> None:
+def check_images(
+    x: torch.Tensor, in_channels: int, dtype: torch.dtype | None = None, device: torch.device | None = None
+) -> None:
     """Raise a ``ValueError`` that says how to fix ``x`` unless it is a float (B, in_channels, H, W) batch.
+
+    Args:
+        x: the batch.
+        in_channels: the channel count the model expects.
+        dtype, device: if given, the model's parameter dtype and device, which ``x`` must
+            match (a float64 or float16 batch into a float32 model, or a CPU batch into a
+            CUDA model, fails deep inside the first layer otherwise). The dtype is not
+            checked under autocast, which casts inputs itself.
 
     Example:
         >>> check_images(torch.zeros(2, 3, 32, 32), in_channels=3)  # passes silently
@@ -83,11 +101,39 @@ def check_images(x: torch.Tensor, in_channels: int) -> None:
         raise ValueError(
             f"expected a floating-point batch, got dtype {x.dtype}; convert images with x.float() / 255 for uint8 data"
         )
+    if x.shape[1] != in_channels and x.shape[-1] == in_channels:
+        raise ValueError(
+            f"expected a channels-first (B, {in_channels}, H, W) batch, got shape {tuple(x.shape)}; "
+            "move the channels with x.permute(0, 3, 1, 2)"
+        )
     if x.shape[1] != in_channels:
         raise ValueError(
             f"expected {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); "
             f"build the model with in_channels={x.shape[1]} or convert the images"
         )
+    if dtype is not None and x.dtype != dtype and not _autocast_enabled(x.device.type):
+        fix = {torch.float32: "x.float()", torch.float64: "x.double()", torch.float16: "x.half()"}.get(
+            dtype, "x.to(dtype)"
+        )
+        raise ValueError(f"the batch is {x.dtype} but the model's weights are {dtype}; pass {fix}")
+    if device is not None and x.device != device:
+        raise ValueError(f"the batch is on {x.device} but the model is on {device}; pass x.to({str(device)!r})")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast (mixed precision) is on for ``device_type``; it casts every layer's inputs itself."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # torch < 2.4 takes no device type and checks CUDA only
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def _parameter(module: nn.Module) -> torch.Tensor | None:
+    """The module's first floating-point parameter or buffer (its dtype and device), if any."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t
+    return None
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -101,6 +147,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         >>> pad_to_multiple(torch.zeros(1, 3, 30, 33), 32)[0].shape
         torch.Size([1, 3, 32, 64])
     """
+    multiple = check_positive("multiple", multiple)
     h, w = x.shape[-2:]
     return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple)), (h, w)
 
@@ -113,6 +160,7 @@ def check_divisible(x: torch.Tensor, multiple: int, what: str) -> None:
         multiple: the required multiple, e.g. an encoder's output stride or a ViT's patch size.
         what: what imposes it, for the message, e.g. ``"the encoder's output stride"``.
     """
+    multiple = check_positive("multiple", multiple)
     h, w = x.shape[-2:]
     if h % multiple or w % multiple:
         raise ValueError(
@@ -129,6 +177,8 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     identity anyway, so the result is the same either way.
     """
     size = (int(size[0]), int(size[1]))
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(f"size must be two positive integers (height, width), got {size}")
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -207,8 +257,19 @@ class SegmentationModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, in_channels, H, W) -> the decoder's map (B, D, h, w)."""
-        check_images(x, self.in_channels)
-        return self.decoder(self.encoder(x))
+        p = _parameter(self)
+        check_images(x, self.in_channels, *((p.dtype, p.device) if p is not None else ()))
+        try:
+            return self.decoder(self.encoder(x))
+        except ValueError as error:
+            if self.training and str(error).startswith("Expected more than 1 value per channel when training"):
+                raise ValueError(
+                    f"in train mode BatchNorm needs more than one value per channel, but a batch of "
+                    f"{x.shape[0]} image(s) of {x.shape[-2]}x{x.shape[-1]} reaches a 1x1 map ({error}); "
+                    "train with batches of 2 or more images, use larger images, "
+                    "or call model.eval() to predict"
+                ) from error
+            raise
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's map (B, D, h, w) -> logits (B, num_classes, h', w')."""

@@ -19,12 +19,14 @@ the rows above it the training split, so no pixel is in both.
 from __future__ import annotations
 
 import importlib.metadata
+import numbers
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data import TensorSegmentation
+from .model import check_positive
 
 __all__ = ["NUCLEI_CLASS_NAMES", "NUCLEI_PALETTE", "NUCLEI_SOURCE", "load_nuclei", "NucleiTiles", "nuclei_splits"]
 
@@ -117,9 +119,16 @@ class NucleiTiles(TensorSegmentation):
     def __init__(
         self, image: np.ndarray, mask: np.ndarray, rows: tuple[int, int], tile: int = 64, augment: bool = False
     ):
+        tile = check_positive("tile", tile)
+        if not isinstance(image, np.ndarray) or not isinstance(mask, np.ndarray):
+            raise ValueError(
+                f"image and mask must be NumPy arrays, got {type(image).__name__} and {type(mask).__name__}"
+            )
         if image.ndim != 2 or image.shape != mask.shape:
             raise ValueError(f"need (H, W) image and mask of the same shape, got {image.shape} and {mask.shape}")
-        top, bottom = rows
+        if len(rows) != 2 or not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in rows):
+            raise ValueError(f"rows must be two integers (top, bottom), got {rows!r}")
+        top, bottom = (int(r) for r in rows)
         if not (0 <= top and bottom <= image.shape[0] and bottom - top >= tile >= 16 and image.shape[1] >= tile):
             raise ValueError(
                 f"rows {rows} with tile {tile} do not fit a {image.shape} image: need 16 <= tile <= "
@@ -162,8 +171,9 @@ def nuclei_splits(
         >>> len(train), len(val), train.rows, val.rows
         (384, 16, (0, 384), (384, 512))
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not isinstance(val_fraction, numbers.Real) or not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    tile = check_positive("tile", tile)
     image, instances = load_nuclei(directory)
     H = image.shape[0]
     if not 16 <= tile <= H // 2:
