@@ -10,11 +10,13 @@ imports a chapter module:
 ``encoders``       chapter 1: the SMP ``out_channels`` convention, ``get_encoder``
 ``data``           synthetic shapes with difficulty knobs, bundled photos
 ``nuclei``         real microscopy tiles and masks (chapters 2, 3 and 7)
-``train``          ``fit`` / ``fit_seeds`` / ``evaluate``, mIoU and boundary IoU
+``train``          ``fit`` / ``fit_seeds`` / ``evaluate``, mIoU and boundary IoU, baselines
 ``viz``            image/mask grids, feature maps, training curves
 ``inspect``        ``trace`` (shapes, strides, channels) and ``show_source``
 ``unet``           chapter 2: MobileNetV2 skips, the UNet and UNet++ decoders
+``deeplab``        DeepLabV3+: the worked example of adding a model (README)
 ``upsample``       chapter 3: interpolation and learnable upsamplers
+``probes``         chapters 2 and 3: stride ceilings, checkerboard energy, skip ablation
 ``mit``            chapter 4: the Mix Transformer encoder
 ``segformer``      chapter 5: the all-MLP decoder and SegFormer
 ``vit``            chapter 6: a plain ViT, its tokens and intermediate blocks
@@ -22,6 +24,7 @@ imports a chapter module:
 ``dpt``            chapter 6: DPT's reassembly of a ViT into a pyramid
 ``cost``           chapter 7: parameters, FLOPs, memory, latency
 ``erf``            chapter 7: effective receptive fields
+``diagrams``       every architecture drawn from the model itself (all chapters)
 =================  ==========================================================
 """
 

@@ -12,6 +12,16 @@ Every model in segnotes (UNet, UNet++, SegFormer, the ViT heads) is a
 that swaps a part swaps exactly that part. The input is checked once, here, before
 any part sees it.
 
+Two kinds of encoder fill the slot. Pyramid models (UNet, UNet++, DeepLabV3+, SegFormer)
+take theirs through :func:`segnotes.encoders.as_encoder` (a timm name, a backbone that
+declares ``feature_channels``/``feature_strides``, or an ``Encoder``), build their decoder
+from its channels and strides, and check both on every call
+(:func:`segnotes.encoders.check_features`). The plain-ViT models (SETR) are the other
+kind: their ``ViTBackbone`` returns maps at one stride, the patch size
+(:class:`segnotes.dpt.ViTPyramid` turns a ViT into a pyramid). Every model declares
+``output_stride``, the stride of its logits: (B, K, ceil(H/s), ceil(W/s)); the training
+loop checks it.
+
 The helpers below hold rules that several models share, written once:
 :func:`check_images` (what a batch must look like), :func:`check_divisible` and
 :func:`pad_to_multiple` (input sizes a strided encoder accepts), :func:`resize`

@@ -16,7 +16,16 @@ than the whole encoder. Steps (1), (2) and the fuse are linear, so the fuse weig
 fold into the per-stage projections: each stage is mixed to the output width *before*
 upsampling and the four upsampled maps are summed. Same parameters, same state dict,
 same outputs up to float rounding. :class:`AllMLPDecoder` does this by default
-(``fold=True``) and, in eval mode without gradients, computes the folded weights once.
+(``fold=True``) and, in eval mode without gradients, reuses the folded weights for as long
+as the weights they were computed from are unchanged (compared element by element).
+
+**Any pyramid encoder.** The decoder is built from the encoder's channels and strides
+and reads the maps at stride 4 and deeper, so the encoder slot takes what every
+pyramid model takes (:func:`segnotes.encoders.as_encoder`): ``segformer("b0",
+num_classes=2, encoder="convnext_atto")`` puts SegFormer's decoder on a ConvNeXt, a
+timm Swin (``get_encoder(name, img_size=...)``) or the book's MobileNetV2. Without an
+``encoder``, the Mix Transformer of the config sits in the slot as it is (its maps are
+already the ones the decoder reads), which keeps the state dict of the published layouts.
 
 Weights convert from three published layouts through ordered key tables:
 transformers' ``SegformerForSemanticSegmentation`` (:func:`from_transformers`, and back
@@ -42,6 +51,7 @@ from einops import rearrange
 from torch import nn
 
 from . import mit as _mit
+from .encoders import as_encoder, check_features
 from .mit import MIT_PRESETS, MiTConfig, MixTransformer
 from .model import SegmentationModel, check_choice, check_positive, resize
 
@@ -72,8 +82,8 @@ class SegFormerConfig:
         decoder_dim: the decoder's common width (256 for B0/B1, 768 for B2-B5).
         num_classes: output channels of the classifier (150: ADE20K, the paper's main benchmark).
         dropout: dropout before the classifier (0.1 in the paper and transformers).
-        upsampling: bilinear upsampling of the logits in the head; 1 (the paper) keeps them at
-            1/4 resolution, 4 returns 4 * ceil(H / 4) like segmentation_models.pytorch.
+        upsampling: bilinear upsampling of the logits in the head, 1, 2 or 4; 1 (the paper) keeps
+            them at 1/4 resolution, 4 returns 4 * ceil(H / 4) like segmentation_models.pytorch.
     """
 
     encoder: MiTConfig = field(default_factory=MiTConfig)
@@ -87,39 +97,57 @@ class AllMLPDecoder(nn.Module):
     """SegFormer's decoder: per-stage Linear, upsample to 1/4, concatenate, 1x1 fuse + BN + ReLU, dropout.
 
     Args:
-        in_channels: channels of the encoder's maps, shallowest (stride 4) first.
+        in_channels: channels of the encoder's maps, shallowest first: a MiT's four maps, or
+            an SMP-convention encoder's ``out_channels`` (the input image first).
         dim: common width (256 for B0/B1, 768 for B2-B5).
         dropout: dropout probability after the ReLU (before the classifier).
         fold: apply the fuse per stage before upsampling (exact, much cheaper); ``False``
             runs the paper's steps literally.
+        strides: the maps' strides; ``None``: 4, 8, 16, ... (a MiT's). The decoder reads the
+            maps at stride 4 and deeper (an encoder's input image and stride-2 map are not read).
+
+    Attributes:
+        in_channels: channels of the maps it reads, e.g. ``[32, 64, 160, 256]``.
 
     Shapes:
-        [(B, C_i, H / s_i, W / s_i)] -> (B, dim, H / 4, W / 4) (the size of the first map).
+        [(B, C_i, H / s_i, W / s_i)] -> (B, dim, H / 4, W / 4) (the size of the stride-4 map).
 
     Example:
         >>> AllMLPDecoder([32, 64], dim=16)([torch.randn(1, 32, 16, 16), torch.randn(1, 64, 8, 8)]).shape
         torch.Size([1, 16, 16, 16])
     """
 
-    def __init__(self, in_channels: Sequence[int], dim: int, dropout: float = 0.1, fold: bool = True):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        dim: int,
+        dropout: float = 0.1,
+        fold: bool = True,
+        *,
+        strides: Sequence[int] | None = None,
+    ):
         super().__init__()
-        self.in_channels = [check_positive("in_channels", c) for c in in_channels]
+        self.encoder_channels = list(in_channels)
+        self.encoder_strides = [4 * 2**i for i in range(len(in_channels))] if strides is None else list(strides)
+        if len(self.encoder_strides) != len(self.encoder_channels) or 4 not in self.encoder_strides:
+            raise ValueError(
+                f"AllMLPDecoder needs one stride per map and a map at stride 4, got channels {self.encoder_channels} "
+                f"at strides {self.encoder_strides}; build it from the encoder's channels and strides"
+            )
+        self.read = [i for i, s in enumerate(self.encoder_strides) if s >= 4]  # the maps it decodes
+        self.in_channels = [check_positive("in_channels", self.encoder_channels[i]) for i in self.read]
         self.out_channels = check_positive("dim", dim)
-        self.proj = nn.ModuleList(nn.Linear(c, dim) for c in in_channels)  # step 1
-        self.fuse = nn.Conv2d(len(in_channels) * dim, dim, kernel_size=1, bias=False)  # step 3, deepest stage first
+        self.proj = nn.ModuleList(nn.Linear(c, dim) for c in self.in_channels)  # step 1
+        # step 3, deepest stage first
+        self.fuse = nn.Conv2d(len(self.in_channels) * dim, dim, kernel_size=1, bias=False)
         self.norm = nn.BatchNorm2d(dim)
         self.dropout = nn.Dropout(dropout)
         self.fold = fold
-        self._cache = None  # (key, folded weights, summed bias), see folded()
+        self._cache = None  # (copies of the source weights, folded weights, summed bias), see folded()
 
     def check(self, features: Sequence[torch.Tensor]) -> None:
-        """Raise a ``ValueError`` unless ``features`` are the maps this decoder was built for."""
-        channels = [f.shape[1] for f in features]
-        if channels != self.in_channels:
-            raise ValueError(
-                f"AllMLPDecoder was built for {len(self.in_channels)} maps with channels {self.in_channels}, got "
-                f"{len(channels)} maps with channels {channels}; pass every encoder stage, shallowest (stride 4) first"
-            )
+        """Raise a ``ValueError`` unless ``features`` are the maps (channels, strides) it was built for."""
+        check_features(features, self.encoder_channels, self.encoder_strides, "AllMLPDecoder")
 
     def mix(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Steps 1-3 up to the fuse convolution, literally: (B, dim, H / 4, W / 4)."""
@@ -141,21 +169,25 @@ class AllMLPDecoder(nn.Module):
         return weights, bias
 
     def folded(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """:meth:`folded_weights`, computed once while no gradient can flow to them (eval mode, no grad).
+        """:meth:`folded_weights`, cached in eval mode without gradients, never stale.
 
-        The cache key changes whenever a source tensor is replaced (``load_state_dict``
-        copies in place, ``.to()`` moves it) or edited in place (an optimizer step,
-        ``copy_``): ``_version`` is autograd's counter of in-place changes. In training,
-        or with gradients enabled, the weights are recomputed so gradients reach the
+        The cache keeps a copy of the weights it was computed from and is used only while
+        the current weights are equal to that copy, element for element (same device and
+        dtype too): whatever changed them, an optimizer step, ``load_state_dict``, ``.to()``
+        or an EMA update through ``.data``, a stale cache is never used. The comparison
+        reads the weights once, much less work than the products it saves. In training, or
+        with gradients enabled, the weights are recomputed so gradients reach the
         projections and the fuse.
         """
         if self.training or torch.is_grad_enabled():
             return self.folded_weights()
-        sources = [self.fuse.weight, *(p for proj in self.proj for p in (proj.weight, proj.bias))]
-        key = [(p.device, p.dtype, p.data_ptr(), p._version) for p in sources]
-        if self._cache is None or self._cache[0] != key:
-            with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference mode
-                self._cache = (key, *self.folded_weights())
+        projections = [p for proj in self.proj for p in (proj.weight, proj.bias)]
+        sources = [self.fuse.weight, *projections]
+        if self._cache is None or not _all_equal(self._cache[0], sources):
+            # normal tensors, usable outside inference mode
+            with torch.inference_mode(False), torch.no_grad():
+                copies = [p.detach().clone() for p in sources]
+                self._cache = (copies, *self.folded_weights())
         return self._cache[1], self._cache[2]
 
     def mix_folded(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -172,17 +204,17 @@ class AllMLPDecoder(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         self.check(features)
+        features = [features[i] for i in self.read]  # the maps at stride 4 and deeper
         x = self.mix_folded(features) if self.fold else self.mix(features)
         return self.dropout(F.relu(self.norm(x), inplace=True))  # (B, dim, H/4, W/4)
 
-    def train(self, mode: bool = True) -> AllMLPDecoder:
-        """Switch mode; entering eval mode computes the folded weights now, once (not inside a timed forward)."""
-        super().train(mode)
-        self._cache = None
-        if not mode and self.fold:
-            with torch.no_grad():
-                self.folded()
-        return self
+
+def _all_equal(copies: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every tensor has its copy's device, dtype, shape and values (NaN never equals)."""
+    return all(
+        c.device == t.device and c.dtype == t.dtype and c.shape == t.shape and torch.equal(c, t)
+        for c, t in zip(copies, tensors)
+    )
 
 
 class PixelClassifier(nn.Module):
@@ -191,6 +223,12 @@ class PixelClassifier(nn.Module):
     The 1x1 convolution runs as a matrix product over channels-last tokens: same weights
     (``classifier``, a ``Conv2d``, so state dicts match the other layouts), faster than
     ``conv2d`` on a CPU because the decoder's map is already channels-last in memory.
+
+    Why not :class:`segnotes.model.SegmentationHead` (a ``Conv2d`` and an upsampling, the
+    same function): its weights are ``head.0.*``, and every published SegFormer layout
+    (transformers' ``decode_head.classifier``, the key tables below, chapter 5's tables)
+    names this one ``head.classifier``; and it runs the 1x1 as a ``conv2d``, the path
+    this class avoids on the decoder's channels-last map.
 
     Args:
         in_channels: the decoder's width.
@@ -226,11 +264,20 @@ class SegFormer(SegmentationModel):
     1/4 resolution; the head classifies every 1/4-resolution position. There is no
     learned upsampling: :mod:`segnotes.train` resizes the logits to the mask for the loss
     and the metrics (``segnotes.model.resize(logits, x.shape[-2:])`` does it by hand), or
-    build the model with ``upsampling=4``. Works at any input size (no positional
-    encoding, no divisibility requirement).
+    build the model with ``upsampling=4``. With its MiT it works at any input size (no
+    positional encoding, no divisibility requirement).
 
     Args:
         config: a :class:`SegFormerConfig`; see :func:`segformer` for the presets.
+        encoder: ``None``: the Mix Transformer of ``config.encoder``. Otherwise any pyramid
+            encoder, through :func:`segnotes.encoders.as_encoder`: a timm name
+            (``"convnext_atto"``), a backbone (``MobileNetV2Backbone()``) or an ``Encoder``
+            (``get_encoder("swin_tiny_patch4_window7_224", img_size=256)``); it takes
+            ``config.encoder.in_channels`` and its own input-size rule.
+        encoder_weights: ``None`` or ``"imagenet"`` (timm names only).
+
+    Attributes:
+        output_stride: the logits' stride, ``4 // config.upsampling`` (4 in the paper).
 
     Shapes:
         (B, in_channels, H, W) -> (B, num_classes, ceil(H / 4), ceil(W / 4)).
@@ -240,12 +287,29 @@ class SegFormer(SegmentationModel):
         torch.Size([1, 5, 16, 16])
     """
 
-    def __init__(self, config: SegFormerConfig = SegFormerConfig()):
-        encoder = MixTransformer(config.encoder)
-        decoder = AllMLPDecoder(encoder.feature_channels, config.decoder_dim, config.dropout)
+    def __init__(
+        self,
+        config: SegFormerConfig = SegFormerConfig(),
+        *,
+        encoder: str | nn.Module | None = None,
+        encoder_weights: Literal["imagenet"] | None = None,
+    ):
+        check_choice("upsampling", config.upsampling, (1, 2, 4))
+        check_choice("encoder_weights", encoder_weights, (None, "imagenet"))
+        in_channels = config.encoder.in_channels
+        if encoder is None and encoder_weights is not None:
+            raise ValueError("encoder_weights applies to a timm encoder name; for the MiT use from_pretrained")
+        if encoder is None:  # the paper's: its four maps are the ones the decoder reads
+            enc = MixTransformer(config.encoder)
+            channels, strides = enc.feature_channels, enc.feature_strides
+        else:
+            enc = as_encoder(encoder, in_channels, pretrained=encoder_weights is not None)
+            channels, strides = enc.out_channels, enc.strides
+        decoder = AllMLPDecoder(channels, config.decoder_dim, config.dropout, strides=strides)
         head = PixelClassifier(config.decoder_dim, config.num_classes, config.upsampling)
-        super().__init__(encoder, decoder, head, in_channels=config.encoder.in_channels)
+        super().__init__(enc, decoder, head, in_channels=in_channels)
         self.config = config
+        self.output_stride = 4 // config.upsampling  # logits at 1/4 of the input, or upsampled
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str | Path, **overrides) -> SegFormer:
@@ -292,18 +356,29 @@ class SegFormer(SegmentationModel):
         return model.eval()
 
 
-def segformer(preset: str = "b0", *, num_classes: int, **overrides) -> SegFormer:
+def segformer(
+    preset: str = "b0",
+    *,
+    num_classes: int,
+    encoder: str | nn.Module | None = None,
+    encoder_weights: Literal["imagenet"] | None = None,
+    **overrides,
+) -> SegFormer:
     """A SegFormer from a preset of the paper's Table 1.
 
     Args:
         preset: one of ``SEGFORMER_PRESETS``: ``"b0"`` ... ``"b5"``.
         num_classes: logits' channels.
+        encoder, encoder_weights: another encoder instead of the preset's MiT (see :class:`SegFormer`);
+            the preset then only sets the decoder (``decoder_dim``).
         **overrides: :class:`SegFormerConfig` fields (``decoder_dim``, ``dropout``, ``upsampling``)
             or :class:`~segnotes.mit.MiTConfig` fields (e.g. ``drop_path_rate=0.0``, ``norm_eps=1e-6``).
 
     Example:
         >>> segformer("b0", num_classes=5, drop_path_rate=0.0).config.encoder.drop_path_rate
         0.0
+        >>> segformer("b0", num_classes=2, encoder="convnext_atto").decoder.in_channels
+        [40, 80, 160, 320]
     """
     config = SEGFORMER_PRESETS[check_choice("preset", preset, tuple(SEGFORMER_PRESETS))]
     own = {f.name for f in fields(SegFormerConfig)} - {"encoder", "num_classes"}
@@ -311,10 +386,11 @@ def segformer(preset: str = "b0", *, num_classes: int, **overrides) -> SegFormer
     unknown = set(overrides) - own - encoder_fields
     if unknown:
         raise ValueError(f"unknown SegFormer overrides {sorted(unknown)}; choose from {sorted(own | encoder_fields)}")
-    encoder = replace(config.encoder, **{k: v for k, v in overrides.items() if k in encoder_fields})
-    return SegFormer(
-        replace(config, encoder=encoder, num_classes=num_classes, **{k: v for k, v in overrides.items() if k in own})
+    mit_config = replace(config.encoder, **{k: v for k, v in overrides.items() if k in encoder_fields})
+    config = replace(
+        config, encoder=mit_config, num_classes=num_classes, **{k: v for k, v in overrides.items() if k in own}
     )
+    return SegFormer(config, encoder=encoder, encoder_weights=encoder_weights)
 
 
 # --- weight conversion ------------------------------------------------------------------------------

@@ -165,6 +165,8 @@ class SetrNaive(SegmentationModel):
         torch.Size([1, 5, 32, 32])
     """
 
+    output_stride = 1  # the head upsamples its logits to the input's size
+
     def __init__(self, vit: nn.Module, num_classes: int, *, channels: int = 64, readout: ReadoutMode = "ignore"):
         encoder = ViTBackbone(vit, readout=readout, norm=True)  # the last block, normalised as the classifier sees it
         decoder = NaiveDecoder(encoder.embed_dim, channels)
@@ -188,6 +190,8 @@ class SetrPup(SegmentationModel):
         >>> SetrPup(vit(num_classes=0), 5)(torch.randn(1, 3, 32, 32)).shape
         torch.Size([1, 5, 32, 32])
     """
+
+    output_stride = 1  # the head upsamples its logits to the input's size
 
     def __init__(self, vit: nn.Module, num_classes: int, *, channels: int = 32, readout: ReadoutMode = "ignore"):
         encoder = ViTBackbone(vit, readout=readout, norm=True)
@@ -215,6 +219,8 @@ class SetrMla(SegmentationModel):
         >>> SetrMla(vit(num_classes=0), 5)(torch.randn(1, 3, 32, 32)).shape
         torch.Size([1, 5, 32, 32])
     """
+
+    output_stride = 1  # the head upsamples its logits to the input's size
 
     def __init__(self, vit: nn.Module, num_classes: int, *, channels: int = 32, readout: ReadoutMode = "ignore"):
         encoder = ViTBackbone(vit, evenly_spaced_indices(len(vit.blocks), 4), readout=readout)

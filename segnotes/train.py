@@ -281,6 +281,26 @@ def _check_batch(model: nn.Module, images: torch.Tensor) -> None:
     check_images(images, channels, p.dtype if p is not None else None)
 
 
+def _check_output_stride(model: nn.Module, logits: torch.Tensor, images: torch.Tensor) -> None:
+    """Raise a ``ValueError`` unless the logits have the size the model's declared ``output_stride`` promises.
+
+    Every model of the book declares the stride of its logits (1: the input's size; SegFormer: 4), so
+    a model that silently predicts at another resolution (say H/2) is caught instead of being resized.
+    A module that declares nothing is not checked.
+    """
+    stride = getattr(model, "output_stride", None)
+    if not isinstance(stride, int):
+        return
+    H, W = images.shape[-2:]
+    expected = (-(-H // stride), -(-W // stride))  # ceil: a stride-s map covers a partial last cell
+    if tuple(logits.shape[-2:]) != expected:
+        raise ValueError(
+            f"{type(model).__name__} declares output_stride={stride}, so {H}x{W} images should give "
+            f"{expected[0]}x{expected[1]} logits, got {tuple(logits.shape[-2:])}: fix the model's head or "
+            "its output_stride"
+        )
+
+
 def _check_logits(logits: torch.Tensor, batch: int, num_classes: int | None = None) -> None:
     """Raise a ``ValueError`` unless the model returned (batch, num_classes, h, w) logits."""
     if not isinstance(logits, torch.Tensor) or logits.ndim != 4:
@@ -681,6 +701,7 @@ def fit(
                 images, masks = _augment(images, masks, generator)
             logits = model(images)
             _check_logits(logits, len(images), num_classes)
+            _check_output_stride(model, logits, images)
             logits = resize(logits, masks.shape[-2:])
             batch_loss = F.cross_entropy(logits, masks.long(), ignore_index=cross_entropy_ignore)
             if loss == "ce+dice":

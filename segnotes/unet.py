@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
-from .encoders import as_encoder
+from .encoders import as_encoder, check_features
 from .inspect import trace
 from .model import SegmentationHead, SegmentationModel, check_choice, check_positive
 from .upsample import UpsampleMode, make_upsample
@@ -201,14 +201,15 @@ def _check_channels(encoder_channels: Sequence[int], decoder_channels: Sequence[
     return depth
 
 
-def _check_features(features: Sequence[torch.Tensor], encoder_channels: Sequence[int]) -> None:
-    """Raise a ``ValueError`` unless ``features`` are the maps the decoder was built for."""
-    channels = [f.shape[1] for f in features]
-    if channels != list(encoder_channels):
+def _check_strides(encoder_strides: Sequence[int] | None, depth: int) -> list[int]:
+    """The encoder's strides, which must be 1, 2, 4, ..., 2**depth (``None``: those); else a ``ValueError``."""
+    plain = [2**i for i in range(depth + 1)]
+    if encoder_strides is not None and list(encoder_strides) != plain:
         raise ValueError(
-            f"the decoder was built for {len(encoder_channels)} maps with channels {list(encoder_channels)}, "
-            f"got {len(channels)} maps with channels {channels}; build it from the encoder's out_channels"
+            f"a UNet decoder doubles the resolution in every block, so it needs an encoder at strides {plain}, "
+            f"got {list(encoder_strides)}: build the encoder without dilation (output_stride=32)"
         )
+    return plain
 
 
 class UnetDecoder(nn.Module):
@@ -224,6 +225,8 @@ class UnetDecoder(nn.Module):
         decoder_channels: output channels of each block, deepest first; ``len(encoder_channels) - 1`` entries.
         interpolation: upsampling mode of every block, one of :data:`segnotes.upsample.MODES`.
         use_skips: ``False`` builds the same blocks without skip connections (an ablation).
+        encoder_strides: the encoder's ``strides``, ``[1, 2, 4, ...]`` (``None``: those);
+            a dilated encoder is refused. Every call checks the maps' channels and strides.
 
     Shapes:
         ``depth + 1`` maps, map ``i`` (B, encoder_channels[i], H / 2**i, W / 2**i)
@@ -241,20 +244,23 @@ class UnetDecoder(nn.Module):
         *,
         interpolation: UpsampleMode = "nearest",
         use_skips: bool = True,
+        encoder_strides: Sequence[int] | None = None,
     ):
         super().__init__()
         depth = _check_channels(encoder_channels, decoder_channels)
         self.encoder_channels = list(encoder_channels)
-        # Channels each block takes from the map at its stride: strides 2**(depth-1), ..., 2, then 1 (the image).
+        self.encoder_strides = _check_strides(encoder_strides, depth)
+        # Channels each block takes from the map at its stride:
+        # strides 2**(depth-1), ..., 2, then 1 (the image).
         self.skip_channels = [*encoder_channels[-2:0:-1], 0] if use_skips else [0] * depth
         ins = [encoder_channels[-1], *decoder_channels[:-1]]
-        self.blocks = nn.ModuleList(
-            DecoderBlock(i, s, o, interpolation) for i, s, o in zip(ins, self.skip_channels, decoder_channels)
-        )
+        triples = zip(ins, self.skip_channels, decoder_channels)
+        blocks = [DecoderBlock(i, s, o, interpolation) for i, s, o in triples]
+        self.blocks = nn.ModuleList(blocks)
         self.out_channels = decoder_channels[-1]
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        _check_features(features, self.encoder_channels)
+        check_features(features, self.encoder_channels, self.encoder_strides, "UnetDecoder")
         x = features[-1]  # the bottleneck
         for block, skip, c in zip(self.blocks, features[-2::-1], self.skip_channels):
             x = block(x, skip[:, :c])  # all of the map's channels, or none
@@ -273,7 +279,8 @@ class UnetPlusPlusDecoder(nn.Module):
     ``UnetDecoder`` is the special case that keeps only the main path.
 
     Args:
-        encoder_channels, decoder_channels, interpolation, use_skips: as :class:`UnetDecoder`.
+        encoder_channels, decoder_channels, interpolation, use_skips, encoder_strides: as
+            :class:`UnetDecoder`.
 
     Shapes:
         ``depth + 1`` maps -> (B, decoder_channels[-1], H, W).
@@ -290,10 +297,12 @@ class UnetPlusPlusDecoder(nn.Module):
         *,
         interpolation: UpsampleMode = "nearest",
         use_skips: bool = True,
+        encoder_strides: Sequence[int] | None = None,
     ):
         super().__init__()
         depth = self.depth = _check_channels(encoder_channels, decoder_channels)
         self.encoder_channels = list(encoder_channels)
+        self.encoder_strides = _check_strides(encoder_strides, depth)
         rows = [0, *encoder_channels[1:-1]] if use_skips else [0] * depth
         self.row_channels = [*rows, encoder_channels[-1]]  # channels of X[i, 0] that the grid uses
 
@@ -310,12 +319,14 @@ class UnetPlusPlusDecoder(nn.Module):
         self.out_channels = decoder_channels[-1]
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        _check_features(features, self.encoder_channels)
+        owner = "UnetPlusPlusDecoder"
+        check_features(features, self.encoder_channels, self.encoder_strides, owner)
         X = {(i, 0): f[:, :c] for i, (f, c) in enumerate(zip(features, self.row_channels))}
         for name, block in self.blocks.items():
             i, j = map(int, name[2:].split("_"))
-            # Nodes that were not built would add 0 channels: leaving them out changes nothing.
-            skip = torch.cat([X[i, k] for k in reversed(range(j)) if (i, k) in X], dim=1)  # (B, sum C, H_i, W_i)
+            # Nodes not built would add 0 channels: leaving them out changes nothing.
+            row = [X[i, k] for k in reversed(range(j)) if (i, k) in X]
+            skip = torch.cat(row, dim=1)  # (B, sum C, H_i, W_i)
             X[i, j] = block(X[i + 1, j - 1], skip)
         return X[0, self.depth]
 
@@ -343,6 +354,9 @@ class Unet(SegmentationModel):
         use_skips: ``False`` drops every skip connection.
         in_channels: input channels, at least 1.
 
+    Attributes:
+        output_stride: 1, the logits' stride: (H, W), the input's size.
+
     Shapes:
         (B, in_channels, H, W) -> (B, num_classes, H, W); H and W multiples of ``2**encoder_depth``.
 
@@ -352,6 +366,7 @@ class Unet(SegmentationModel):
     """
 
     decoder_class: type[nn.Module] = UnetDecoder
+    output_stride = 1  # the logits have the input's size
 
     def __init__(
         self,
@@ -366,14 +381,21 @@ class Unet(SegmentationModel):
         use_skips: bool = True,
         in_channels: int = 3,
     ):
-        check_positive("in_channels", in_channels)  # before timm builds a stem for 0 channels
+        check_positive("in_channels", in_channels)  # before timm builds a 0-channel stem
         check_choice("encoder_weights", encoder_weights, (None, "imagenet"))
-        check_choice("decoder_interpolation", decoder_interpolation, UpsampleMode)  # named as the caller wrote it
-        enc = as_encoder(encoder, in_channels, encoder_depth, pretrained=encoder_weights is not None)
+        # Checked here, so the message names the argument as the caller wrote it.
+        check_choice("decoder_interpolation", decoder_interpolation, UpsampleMode)
+        pretrained = encoder_weights is not None
+        enc = as_encoder(encoder, in_channels, encoder_depth, pretrained=pretrained)
         decoder = self.decoder_class(
-            enc.out_channels, decoder_channels, interpolation=decoder_interpolation, use_skips=use_skips
+            enc.out_channels,
+            decoder_channels,
+            interpolation=decoder_interpolation,
+            use_skips=use_skips,
+            encoder_strides=enc.strides,
         )
-        head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=head_kernel_size)
+        k = head_kernel_size
+        head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=k)
         super().__init__(enc, decoder, head, in_channels=in_channels)
 
 

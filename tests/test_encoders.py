@@ -16,6 +16,7 @@ from segnotes.encoders import (
     Encoder,
     FusedEncoder,
     as_encoder,
+    check_features,
     encoder_style,
     get_encoder,
 )
@@ -23,7 +24,9 @@ from segnotes.mit import mit
 from segnotes.model import pad_to_multiple
 from segnotes.unet import MobileNetV2Backbone
 
-NAMES = ["convnext_tiny", "mobilenetv2_100", "resnet18", "pvt_v2_b0"]
+NAMES = ["convnext_atto", "mobilenetv2_100", "resnet18", "pvt_v2_b0", "dla34"]  # dla34: out_indices 1..5
+# A tiny timm Swin (timm options pass through get_encoder): 64 px, 4x4 windows, one block per stage.
+TINY_SWIN = dict(img_size=64, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=4)
 
 
 class Toy(nn.Module):
@@ -41,9 +44,15 @@ class Toy(nn.Module):
         return [a, self.down(a)]  # + (B, 16, H/8, W/8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _threads(one_thread):
+    yield
+
+
 @pytest.fixture(scope="module")
 def convnext():
-    return get_encoder("convnext_tiny").eval()
+    """Built once per module: convnext_atto has ConvNeXt-Tiny's layout at 1/7 of its parameters."""
+    return get_encoder("convnext_atto").eval()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,10 +99,11 @@ def test_styles_and_placeholder(convnext):
     assert feats[1].shape == (2, 0, 32, 32)
     assert get_encoder("resnet18").style == "cnn"
     assert encoder_style(CNN_STRIDES) == "cnn" and encoder_style(TRANSFORMER_STRIDES[:2]) == "transformer"
+    assert encoder_style([2, 4, 8, 16, 16]) == "cnn" and encoder_style([4, 8, 8, 8]) == "transformer"  # dilated
 
 
 @pytest.mark.parametrize("depth", [2, 3, 4])
-@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny"])
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
 def test_depth_truncates_like_smp(name, depth):
     ours = get_encoder(name, depth=depth)
     theirs = smp.encoders.get_encoder("tu-" + name, weights=None, depth=depth)
@@ -103,7 +113,7 @@ def test_depth_truncates_like_smp(name, depth):
 
 def test_in_channels():
     assert as_encoder(MobileNetV2Backbone(in_channels=1), in_channels=1).in_channels == 1
-    assert get_encoder("convnext_tiny", in_channels=1, depth=3).out_channels == [1, 0, 96, 192]
+    assert get_encoder("convnext_atto", in_channels=1, depth=3).out_channels == [1, 0, 40, 80]
     enc = get_encoder("resnet18", in_channels=1).eval()
     assert enc.out_channels[0] == 1 and enc(torch.randn(1, 1, 32, 32))[-1].shape == (1, 512, 1, 1)
 
@@ -118,10 +128,13 @@ def test_in_channels():
         ),
         (lambda: get_encoder("resnet18", depth=6), r"depth must be in 1\.\.5, got 6"),
         (
-            lambda: get_encoder("convnext_tiny", depth=1),
+            lambda: get_encoder("convnext_atto", depth=1),
             r"transformer-style backbone, which declares 4; choose depth in 2\.\.5",
         ),
         (lambda: encoder_style([1, 2, 4, 8, 16, 32]), r"unsupported feature strides \(1, 2, 4, 8, 16, 32\)"),
+        (lambda: encoder_style([2, 4, 4, 8]), r"unsupported feature strides \(2, 4, 4, 8\)"),
+        (lambda: get_encoder("resnet18", output_stride=4), r"output_stride must be one of \(8, 16, 32\), got 4"),
+        (lambda: get_encoder("resnet18", drop_rate_typo=0.1), "timm's resnet18 does not accept the options"),
         (lambda: Encoder(Toy(), depth=4), r"needs 3 feature maps .* which declares 2; choose depth in 2\.\.3"),
         (lambda: Encoder(Toy(), in_channels=0), "in_channels must be a positive integer"),
         (lambda: Encoder(nn.Linear(2, 2)), "cannot adapt Linear: pass an nn.Module that declares feature_channels"),
@@ -194,14 +207,14 @@ def test_pad_to_multiple_round_trip():
 def test_fused_encoder_handles_placeholder(convnext):
     cnn = get_encoder("mobilenetv2_100")
     fused = FusedEncoder(cnn, convnext)
-    assert fused.out_channels == [3, 16, 24, 32, 96, 320]
+    assert fused.out_channels == [3, 16, 24, 32, 96, 320] and fused.output_stride == 32
     assert [type(p).__name__ for p in fused.proj] == ["Conv2d"] * 5
     assert fused.proj[0].in_channels == 16  # the stride-2 stage comes from the CNN alone
     feats = fused(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in feats] == fused.out_channels
     assert [f.shape[-1] for f in feats] == [64, 32, 16, 8, 4, 2]
     both_transformer = FusedEncoder(convnext, get_encoder("pvt_v2_b0"))
-    assert both_transformer.out_channels == [3, 0, 96, 192, 384, 768]
+    assert both_transformer.out_channels == [3, 0, 40, 80, 160, 320]
     assert isinstance(both_transformer.proj[0], nn.Identity)
     assert both_transformer(torch.randn(1, 3, 64, 64))[1].shape == (1, 0, 32, 32)
 
@@ -238,7 +251,7 @@ def test_fused_encoder_checks_depth_and_number_of_maps():
         fused(torch.randn(1, 3, 32, 32))
 
 
-@pytest.mark.parametrize("name", ["convnext_tiny", "mobilenetv2_100"])
+@pytest.mark.parametrize("name", ["convnext_atto", "mobilenetv2_100"])
 @pytest.mark.parametrize("decoder_class", [SmpUnetDecoder, SmpUnetPlusPlusDecoder])
 def test_smp_decoders_read_our_out_channels(name, decoder_class):
     enc = get_encoder(name).eval()
@@ -250,7 +263,7 @@ def test_smp_decoders_read_our_out_channels(name, decoder_class):
 def test_without_placeholder_deeplabv3plus_takes_the_stride_8_map_and_fails():
     """Dropping the placeholder shifts every stage by one index: features[2], DeepLabV3+'s
     stride-4 skip, is then at stride 8, and the fusion with the 4x-upsampled stride-16 map fails."""
-    encoder = get_encoder("convnext_tiny", depth=4).eval()  # deepest map at stride 16, as DeepLabV3+ wants
+    encoder = get_encoder("convnext_atto", depth=4).eval()  # deepest map at stride 16, as DeepLabV3+ wants
     with torch.no_grad():
         feats = encoder(torch.randn(1, 3, 64, 64))
     real = [f for f in feats if f.shape[1]]
@@ -273,3 +286,76 @@ def test_encoder_is_adapter_over_declared_pyramid():
         (8, 4, 4),
         (16, 2, 2),
     ]
+
+
+# --- dilation, timm options, the declared strides ------------------------------------------------
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
+def test_output_stride_dilates_like_smp(name, output_stride):
+    """SMP's tu- encoders pass output_stride to timm too: same maps, and the strides are the real ones."""
+    ours = get_encoder(name, output_stride=output_stride).eval()
+    theirs = smp.encoders.get_encoder("tu-" + name, weights=None, output_stride=output_stride).eval()
+    assert ours.out_channels == theirs.out_channels
+    assert ours.strides == [min(2**i, output_stride) for i in range(6)] and ours.output_stride == output_stride
+    ours.backbone.model.load_state_dict(theirs.model.state_dict())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b, s in zip(ours(x), theirs(x), ours.strides, strict=True):
+            assert a.shape[-2:] == (64 // s, 96 // s)
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "swin_tiny_patch4_window7_224", "vit_tiny_patch16_224"])
+def test_transformers_cannot_dilate(name):
+    with pytest.raises(ValueError, match=f"{name} cannot dilate to output_stride=16: only CNNs"), torch.device("meta"):
+        get_encoder(name, output_stride=16)
+
+
+def test_book_backbones_cannot_dilate_but_keep_their_own_stride():
+    with pytest.raises(ValueError, match="MixTransformer has its deepest map at stride 32.*Pass output_stride=32"):
+        as_encoder(mit("b0"), output_stride=16)
+    assert as_encoder(mit("b0"), output_stride=32).output_stride == 32
+    assert as_encoder(mit("b0"), depth=4, output_stride=16).strides == [1, 2, 4, 8, 16]  # no dilation needed
+    dilated = get_encoder("resnet18", output_stride=16)
+    assert as_encoder(dilated, output_stride=16) is dilated
+    with pytest.raises(ValueError, match="deepest map at stride 16"):
+        as_encoder(dilated, output_stride=8)
+    with pytest.raises(ValueError, match=r"timm options \['img_size'\] only apply to timm names"):
+        as_encoder(Toy(), depth=3, img_size=64)
+
+
+def test_timm_options_pass_through_a_swin_at_another_size():
+    encoder = get_encoder("swin_tiny_patch4_window7_224", **TINY_SWIN).eval()
+    assert encoder.out_channels == [3, 0, 16, 32, 64, 128] and encoder.style == "transformer"
+    with torch.no_grad():
+        maps = encoder(torch.randn(1, 3, 64, 64))
+    assert [m.shape[-1] for m in maps] == [64 // s for s in encoder.strides]
+
+
+def test_out_indices_come_from_timm_not_from_0():
+    """dla34's feature_info has a stride-1 level 0; timm's default out_indices are 1..5 (SMP's tu-dla34)."""
+    with torch.device("meta"):
+        encoder = get_encoder("dla34", depth=3)
+    assert encoder.backbone.out_indices == [1, 2, 3] and encoder.strides == [1, 2, 4, 8]
+
+
+def test_check_features_reads_channels_and_strides():
+    maps = [torch.zeros(1, 3, 37, 45), torch.zeros(1, 8, 19, 23), torch.zeros(1, 16, 9, 11)]  # ceil, then floor
+    check_features(maps, [3, 8, 16], [1, 2, 4], "decoder")
+    check_features(maps[1:], [8, 16], [2, 4], "decoder")  # without the image: sizes must agree with each other
+    with pytest.raises(ValueError, match=r"decoder expects maps at strides \[1, 2, 8\], but map 2 \(height 9\)"):
+        check_features(maps, [3, 8, 16], [1, 2, 8], "decoder")
+    with pytest.raises(ValueError, match=r"built for 3 maps with channels \[3, 8, 8\], got 3 maps"):
+        check_features(maps, [3, 8, 8], [1, 2, 4], "decoder")
+
+
+def test_backbone_that_returns_a_map_at_another_stride_raises():
+    class WrongStride(Toy):
+        def forward(self, x):
+            a, b = super().forward(x)
+            return [a, b[..., ::2, ::2]]  # declared at stride 8, returned at stride 16
+
+    with pytest.raises(ValueError, match=r"WrongStride expects maps at strides \[1, 2, 4, 8\], but map 3"):
+        Encoder(WrongStride(), depth=3)(torch.randn(1, 3, 64, 64))

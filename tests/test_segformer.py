@@ -274,3 +274,52 @@ def test_bad_inputs_raise_value_errors():
         from_transformers({"segformer.encoder.unknown.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="names must be one of"):
         to_transformers(model.state_dict(), names="v3")
+
+
+def test_fold_cache_is_never_stale_after_an_in_place_ema_update():
+    """The EMA idiom edits weights through .data (no autograd version bump): the cache must notice."""
+    decoder, features = _decoder_and_features()
+    decoder.eval()
+    ema = _decoder_and_features(seed=1)[0]
+    with torch.no_grad():
+        decoder(features)  # fills the cache
+        for p, q in zip(decoder.parameters(), ema.parameters()):
+            p.data.mul_(0.9).add_(q.data, alpha=0.1)
+        folded = decoder(features)
+        decoder.fold = False
+        literal = decoder(features)
+    torch.testing.assert_close(folded, literal, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["convnext_atto", "mobilenetv2", "swin"])
+def test_the_decoder_runs_on_any_pyramid_encoder(encoder):
+    from segnotes.encoders import get_encoder
+    from segnotes.unet import MobileNetV2Backbone
+
+    if encoder == "mobilenetv2":
+        encoder = MobileNetV2Backbone()
+    elif encoder == "swin":  # a tiny timm Swin at 64 px: timm's options pass through get_encoder
+        tiny = dict(img_size=64, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=4)
+        encoder = get_encoder("swin_tiny_patch4_window7_224", **tiny)
+    model = segformer("b0", num_classes=3, encoder=encoder).eval()
+    strides = model.encoder.strides
+    assert model.decoder.in_channels == [c for c, s in zip(model.encoder.out_channels, strides) if s >= 4]
+    assert model.output_stride == 4
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3, 16, 16)
+
+
+def test_the_mit_stays_in_the_slot_as_it_is_and_output_stride_follows_upsampling():
+    model = segformer("b0", num_classes=3)
+    assert all(k.startswith(("encoder.stages.", "decoder.", "head.")) for k in model.state_dict())
+    assert model.output_stride == 4 and segformer("b0", num_classes=3, upsampling=4).output_stride == 1
+    with pytest.raises(ValueError, match=r"upsampling must be one of \(1, 2, 4\)"):
+        segformer("b0", num_classes=3, upsampling=3)
+    with pytest.raises(ValueError, match="encoder_weights applies to a timm encoder name"):
+        segformer("b0", num_classes=3, encoder_weights="imagenet")
+
+
+def test_decoder_checks_strides_too():
+    decoder, features = _decoder_and_features()
+    with pytest.raises(ValueError, match=r"AllMLPDecoder expects maps at strides \[4, 8, 16, 32\], but map 3"):
+        decoder([*features[:3], features[3][..., :1, :1]])

@@ -282,3 +282,21 @@ def test_setup_checks_everything_before_changing_anything():
 
 def test_history_of_no_epoch_prints():
     assert str(History()) == "no epoch trained yet"
+
+
+def test_fit_refuses_logits_at_another_stride_than_the_model_declares():
+    """A model that predicts at H/2 while declaring output_stride=1 fails at once, not after training."""
+
+    class HalfResolution(torch.nn.Module):
+        output_stride = 1
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    data = torch.utils.data.TensorDataset(torch.rand(4, 3, 16, 16), torch.randint(0, 2, (4, 16, 16)))
+    with pytest.raises(ValueError, match="declares output_stride=1, so 16x16 images should give 16x16 logits"):
+        fit(HalfResolution(), data, num_classes=2, epochs=1, batch_size=2, progress=False)

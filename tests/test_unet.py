@@ -289,3 +289,24 @@ def test_decoders_check_the_maps_they_get():
             decoder(features[1:])
         with pytest.raises(ValueError, match=r"got 4 maps with channels \[3, 8, 4, 16\]"):
             decoder([features[0], features[1], features[2][:, :4], features[3]])
+
+
+def test_a_timm_swin_runs_at_the_size_it_is_built_for_and_names_the_option_otherwise():
+    tiny = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=4)
+    name = "swin_tiny_patch4_window7_224"
+    with pytest.raises(
+        ValueError, match=rf"built for 224x224 inputs, got 64x64: .*get_encoder\('{name}', img_size=\(64, 64\)\)"
+    ):
+        Unet(get_encoder(name, **tiny), decoder_channels=SMALL)(torch.randn(1, 3, 64, 64))
+    model = Unet(get_encoder(name, img_size=64, **tiny), num_classes=2, decoder_channels=SMALL).eval()
+    assert model.encoder.out_channels == [3, 0, 16, 32, 64, 128]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_a_dilated_encoder_is_refused_with_the_fix():
+    with pytest.raises(
+        ValueError, match=r"needs an encoder at strides \[1, 2, 4, 8, 16, 32\], got \[1, 2, 4, 8, 16, 16\]"
+    ):
+        Unet(get_encoder("resnet18", output_stride=16))
+    assert Unet.output_stride == UnetPlusPlus.output_stride == 1
