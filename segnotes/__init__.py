@@ -22,6 +22,7 @@ imports a chapter module:
 ``vit``            chapter 6: a plain ViT, its tokens and intermediate blocks
 ``setr``           chapter 6: SETR's heads (naive, progressive, multi-level)
 ``dpt``            chapter 6: DPT's reassembly of a ViT into a pyramid
+``resolution``     chapter 6: where a model decides, and the IoU ceiling of a stride
 ``cost``           chapter 7: parameters, FLOPs, memory, latency
 ``erf``            chapter 7: effective receptive fields
 ``diagrams``       every architecture drawn from the model itself (all chapters)

@@ -130,6 +130,8 @@ def count_gflops(model: nn.Module, input_size: Sequence[int]) -> float:
     products on every device); element-wise operations, normalisation, softmax and
     interpolation are not counted (cheap in FLOPs, though not always in time). Papers
     often quote multiply-accumulates ("MACs", sometimes called FLOPs): half this number.
+    The count is of a repeated forward pass: one uncounted pass first fills whatever a
+    model computes once and caches (SegFormer's folded decoder weights).
     Deterministic: the same model and size give the same count on every machine.
 
     Args:
@@ -146,8 +148,10 @@ def count_gflops(model: nn.Module, input_size: Sequence[int]) -> float:
     shape = _batch_shape(input_size)
     x = torch.rand(shape, device=_device_of(model))
     counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad(), counter, _AttentionAsMatmuls():
-        model(x)
+    with eval_mode(model), torch.no_grad():
+        model(x)  # not counted: fills one-time caches (e.g. SegFormer's folded decoder weights)
+        with counter, _AttentionAsMatmuls():
+            model(x)
     return counter.get_total_flops() / 1e9
 
 

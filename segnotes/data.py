@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -30,12 +32,18 @@ __all__ = [
     "PHOTOS",
     "load_photo",
     "photo_tensor",
+    "Lines",
 ]
 
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "ring", "square", "triangle")
 BINARY_CLASS_NAMES: tuple[str, ...] = ("background", "shape")
 # One RGB colour per class (uint8), used by every mask plot in the book.
 PALETTE = np.array([[20, 20, 20], [230, 25, 75], [60, 180, 75], [255, 200, 25], [0, 130, 200]], dtype=np.uint8)
+
+
+def _is_int(value: object) -> bool:
+    """True for Python and NumPy integers (not bools)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, textured: bool = True) -> np.ndarray:
@@ -129,8 +137,13 @@ class TensorSegmentation(Dataset):
         return self.images[i], self.masks[i]
 
     def class_frequencies(self) -> torch.Tensor:
-        """Fraction of pixels of each class, shape (num_classes,)."""
-        return torch.bincount(self.masks.flatten(), minlength=self.num_classes).float() / self.masks.numel()
+        """Fraction of the labelled pixels of each class, shape (num_classes,).
+
+        Pixels labelled 255 (``segnotes.train.IGNORE_INDEX``) belong to no class and are not counted.
+        """
+        labels = self.masks.flatten()
+        labels = labels[labels != 255]
+        return torch.bincount(labels, minlength=self.num_classes).float() / max(labels.numel(), 1)
 
 
 class Shapes(TensorSegmentation):
@@ -174,9 +187,9 @@ class Shapes(TensorSegmentation):
         textured: bool = True,
         radius: tuple[float, float] = (0.12, 0.3),
     ):
-        if n < 1 or size < 16:
-            raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
-        if max_shapes < 1 or noise < 0:
+        if not (_is_int(n) and _is_int(size)) or n < 1 or size < 16:
+            raise ValueError(f"need integers n >= 1 and size >= 16, got n={n!r}, size={size!r}")
+        if max_shapes < 1 or not noise >= 0:  # `not >=` also refuses NaN
             raise ValueError(f"need max_shapes >= 1 and noise >= 0, got max_shapes={max_shapes}, noise={noise}")
         if not 0 < radius[0] <= radius[1] <= 1:
             raise ValueError(f"radius must be (min, max) with 0 < min <= max <= 1 (fractions of size), got {radius}")
@@ -218,6 +231,8 @@ def load_photo(name: str = "astronaut", size: int | None = None) -> np.ndarray:
     """
     if name not in PHOTOS:
         raise ValueError(f"unknown photo {name!r}; choose one of {PHOTOS}")
+    if size is not None and not (_is_int(size) and size >= 1):
+        raise ValueError(f"size must be a positive integer or None (the full photo), got {size!r}")
     import skimage.data
     from skimage.transform import resize
 
@@ -233,3 +248,99 @@ def load_photo(name: str = "astronaut", size: int | None = None) -> np.ndarray:
 def photo_tensor(name: str = "astronaut", size: int = 224) -> torch.Tensor:
     """:func:`load_photo` as a (1, 3, size, size) tensor in [0, 1]."""
     return torch.from_numpy(load_photo(name, size)).permute(2, 0, 1)[None].contiguous()
+
+
+class Lines(TensorSegmentation):
+    """Thin straight lines on textured, noisy backgrounds: a binary task where output resolution decides.
+
+    Each image holds 1 to ``max_lines`` segments, each between two random points at
+    least ``size / 2`` apart. A pixel is labelled 1 ("line") when its centre lies within
+    ``width / 2`` of a segment, so ``width=1`` draws lines one pixel wide. On the image a
+    line brightens *or* darkens the background (a random sign per line) by ``contrast``:
+    the line is visible locally, but no single grey threshold separates lines from a
+    textured background, and a predictor that decides once per ``s x s`` block cannot
+    draw it (see :func:`segnotes.resolution.block_ceiling`). Chapter 6 trains on it.
+
+    Samples are generated once, in ``__init__``, from ``(seed, index)``: the same
+    arguments give the same tensors on every machine.
+
+    Args:
+        n: number of samples (>= 1).
+        size: image height and width (>= 16).
+        seed: dataset seed; use different seeds for different splits.
+        width: line width in pixels, in (0, size / 4].
+        max_lines: at most this many lines per image (>= 1).
+        contrast: (min, max) change of the pixel values along a line, within (0, 1].
+        noise: Gaussian noise standard deviation (>= 0).
+        textured: stripes and blotches on the background (``True``) or a flat colour.
+
+    Attributes:
+        num_classes: 2.
+        class_names: ``("background", "line")``.
+
+    Returns (per item):
+        ``image`` (3, size, size) float32 in [0, 1] and ``mask`` (size, size) int64.
+
+    Example:
+        >>> image, mask = Lines(8, size=32)[0]
+    """
+
+    palette = PALETTE[[0, 3]]  # dark background, yellow lines
+
+    def __init__(
+        self,
+        n: int,
+        size: int = 32,
+        seed: int = 0,
+        *,
+        width: float = 1.0,
+        max_lines: int = 3,
+        contrast: tuple[float, float] = (0.25, 0.45),
+        noise: float = 0.05,
+        textured: bool = True,
+    ):
+        if n < 1 or size < 16:
+            raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
+        if not 0 < width <= size / 4:
+            raise ValueError(f"width must be in (0, size / 4] pixels, got {width} for size {size}")
+        if max_lines < 1 or noise < 0:
+            raise ValueError(f"need max_lines >= 1 and noise >= 0, got max_lines={max_lines}, noise={noise}")
+        if not 0 < contrast[0] <= contrast[1] <= 1:
+            raise ValueError(f"contrast must be (min, max) with 0 < min <= max <= 1, got {contrast}")
+        samples = [
+            _render_lines(np.random.default_rng([seed, i]), size, width, max_lines, tuple(contrast), noise, textured)
+            for i in range(n)
+        ]
+        images, masks = zip(*samples)
+        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+        self.masks = torch.from_numpy(np.stack(masks))  # (N, H, W)
+        self.class_names = ("background", "line")
+        self.num_classes = 2
+
+
+def _render_lines(
+    rng: np.random.Generator,
+    size: int,
+    width: float,
+    max_lines: int,
+    contrast: tuple[float, float],
+    noise: float,
+    textured: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One :class:`Lines` sample: image (H, W, 3) float32 in [0, 1], mask (H, W) int64."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    image = _texture(rng, yy, xx, textured)
+    mask = np.zeros((size, size), dtype=np.int64)
+    for _ in range(rng.integers(1, max_lines + 1)):
+        start, end = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
+        while np.hypot(*(end - start)) < size / 2:  # long enough to cross several patches
+            end = rng.uniform(0, size, 2)
+        d = end - start
+        t = np.clip(((yy - start[0]) * d[0] + (xx - start[1]) * d[1]) / float(d @ d), 0, 1)
+        distance = np.hypot(yy - start[0] - t * d[0], xx - start[1] - t * d[1])  # to the segment
+        line = distance <= width / 2
+        sign = rng.choice([-1.0, 1.0])  # brighter or darker than the background
+        image[line] = np.clip(image[line] + sign * rng.uniform(*contrast), 0, 1)
+        mask[line] = 1
+    image = image + rng.normal(0, noise, size=image.shape)
+    return np.clip(image, 0, 1).astype(np.float32), mask

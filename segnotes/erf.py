@@ -18,19 +18,31 @@ mass within ~36 px of the centre, so "r90 >= 25 px" is true of every map.
 "as spread as a uniform map", near 0 "concentrated at the centre"), and
 :meth:`ReceptiveField.mass_within` gives the share of the mass inside a disc, which
 can be compared with the uniform share (the disc's area over the image's).
+
+What is differentiated matters for logits. Softmax ignores a constant added to every
+logit, so training never moves the sum of the logits; differentiating that sum
+(``reduce="sum"``, right for feature maps) can measure an untrained direction, or
+nothing at all. ``reduce="margin"`` differentiates what decides the prediction: the
+predicted class's logit minus the mean of the others. A centre pixel whose value does
+not depend on the input (a dead unit, a constant prediction) gives an *empty* field,
+whose measures are ``nan``, instead of an error: a measurement on a model trained
+elsewhere must not stop a notebook.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from .model import eval_mode
+from .model import check_choice, eval_mode
 
-__all__ = ["ReceptiveField", "effective_receptive_field"]
+__all__ = ["ReceptiveField", "Reduction", "effective_receptive_field"]
+
+Reduction = Literal["sum", "margin"]
 
 
 def _distances(shape: tuple[int, int], centre: tuple[float, float]) -> torch.Tensor:
@@ -58,7 +70,8 @@ class ReceptiveField:
 
     Attributes:
         map: (H, W) float tensor, non-negative, summing to 1: the share of the gradient
-            magnitude that falls on each input pixel.
+            magnitude that falls on each input pixel; all zeros for an *empty* field
+            (:attr:`empty`), whose measures are ``nan``.
         centre: (y, x) input coordinates of the centre of the output pixel that was
             differentiated (half-integers when the output stride is even).
         output_size: (h, w) of the output map the centre pixel was taken from.
@@ -79,8 +92,16 @@ class ReceptiveField:
         H, W = (int(s) for s in size)
         return cls(torch.full((H, W), 1.0 / (H * W)), ((H - 1) / 2, (W - 1) / 2), (H, W))
 
+    @property
+    def empty(self) -> bool:
+        """True when no input pixel moved the output (all gradients zero): every measure is ``nan``."""
+        return not bool(self.map.double().sum() > 0)
+
     def radius(self, fraction: float) -> float:
         """Radius in input pixels of the smallest disc around the centre that holds ``fraction`` of the mass."""
+        if self.empty:
+            _mass_radius(torch.ones_like(self.map), self.centre, fraction)  # still validates ``fraction``
+            return float("nan")
         return _mass_radius(self.map, self.centre, fraction)
 
     def relative_radius(self, fraction: float) -> float:
@@ -96,6 +117,8 @@ class ReceptiveField:
 
         For a uniform map this is (about) the disc's area over the image's area.
         """
+        if self.empty:
+            return float("nan")
         inside = _distances(tuple(self.map.shape), self.centre) <= radius
         return float(self.map.double()[inside].sum() / self.map.double().sum())
 
@@ -109,15 +132,20 @@ def effective_receptive_field(
     select: Callable[[object], torch.Tensor] | None = None,
     seed: int = 0,
     inputs: torch.Tensor | None = None,
+    reduce: Reduction = "sum",
 ) -> ReceptiveField:
     """The gradient-based effective receptive field of the centre output pixel.
 
     For each of ``n`` random inputs x (uniform in [0, 1], like the book's images), or
-    each of the given ``inputs``, the output map y (B, K, h, w) is reduced to the centre
-    pixel summed over channels, s = sum_k y[k, h // 2, w // 2], and the map is ``|ds/dx|``
-    summed over input channels. The maps are averaged over the inputs and normalised to
-    sum 1. The model runs in eval mode (BatchNorm with running statistics, so the
-    samples of a batch do not interact) and is left in the mode it was in.
+    each of the given ``inputs``, the output map y (B, K, h, w) is reduced to one number
+    s at the centre pixel (h // 2, w // 2), and the map is ``|ds/dx|`` summed over input
+    channels. ``reduce="sum"`` takes s = sum_k y[k] (for feature maps);
+    ``reduce="margin"`` takes the predicted class's logit minus the mean of the other
+    logits, s = y[k*] - mean_{j != k*} y[j] with k* = argmax_k y[k] (for logits: it is
+    unchanged by a constant added to every logit, which softmax ignores). The maps are
+    averaged over the inputs and normalised to sum 1. The model runs in eval mode
+    (BatchNorm with running statistics, so the samples of a batch do not interact) and
+    is left in the mode it was in.
 
     Args:
         model: maps (B, C, H, W) to a (B, K, h, w) map, or to anything ``select`` turns into one.
@@ -130,13 +158,16 @@ def effective_receptive_field(
         inputs: (N, C, H, W) images to average over instead of random inputs (a trained
             model's gradients are more telling on the images it was trained for); then
             ``n`` is ignored and ``input_size`` must match.
+        reduce: ``"sum"`` or ``"margin"`` (see above; ``"margin"`` needs K >= 2 channels).
 
     Returns:
-        A :class:`ReceptiveField` with the (H, W) map.
+        A :class:`ReceptiveField` with the (H, W) map; an empty one (all zeros,
+        :attr:`ReceptiveField.empty`, measures ``nan``) when the centre pixel does not
+        depend on the input.
 
     Raises:
-        ValueError: bad ``input_size`` or ``n``, an output that is not (B, K, h, w), or an
-            output that does not depend on the input.
+        ValueError: bad ``input_size``, ``n`` or ``reduce``, or an output that is not
+            (B, K, h, w) (with K >= 2 for ``reduce="margin"``).
 
     Example:
         >>> erf = effective_receptive_field(nn.Conv2d(3, 1, 5, padding=2), (3, 32, 32), n=2)
@@ -147,6 +178,7 @@ def effective_receptive_field(
         raise ValueError(f"input_size must be (C, H, W) with positive entries, got {tuple(input_size)}")
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+    check_choice("reduce", reduce, Reduction)
     C, H, W = (int(s) for s in input_size)
     if inputs is not None:
         if inputs.ndim != 4 or tuple(inputs.shape[1:]) != (C, H, W) or len(inputs) == 0:
@@ -175,9 +207,22 @@ def effective_receptive_field(
                     "e.g. select=lambda features: features[-1] for an encoder"
                 )
             h, w = y.shape[-2:]
-            (grad,) = torch.autograd.grad(y[:, :, h // 2, w // 2].sum(), x)  # (b, C, H, W)
-            total += grad.abs().sum(dim=(0, 1)).double().cpu()
-    if total.sum() == 0:
-        raise ValueError("the centre output pixel does not depend on the input (all gradients are zero)")
+            s = _reduce_centre(y[:, :, h // 2, w // 2], reduce)  # (b,)
+            if s.requires_grad:  # else the centre pixel does not depend on x at all
+                (grad,) = torch.autograd.grad(s.sum(), x)  # (b, C, H, W)
+                total += grad.abs().sum(dim=(0, 1)).double().cpu()
     centre = ((h // 2 + 0.5) * H / h - 0.5, (w // 2 + 0.5) * W / w - 0.5)
-    return ReceptiveField((total / total.sum()).float(), centre, (int(h), int(w)))
+    field = total / total.sum() if total.sum() > 0 else total  # all zeros: an empty field
+    return ReceptiveField(field.float(), centre, (int(h), int(w)))
+
+
+def _reduce_centre(centre: torch.Tensor, reduce: Reduction) -> torch.Tensor:
+    """(b, K) values at the centre pixel -> (b,) numbers to differentiate (see ``reduce``)."""
+    if reduce == "sum":
+        return centre.sum(1)
+    K = centre.shape[1]
+    if K < 2:
+        raise ValueError(f'reduce="margin" compares classes and needs K >= 2 output channels, got {K}; use "sum"')
+    top = centre.detach().argmax(1, keepdim=True)  # (b, 1): the predicted class, a constant for autograd
+    winner = centre.gather(1, top)[:, 0]  # (b,)
+    return winner - (centre.sum(1) - winner) / (K - 1)

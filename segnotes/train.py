@@ -757,7 +757,8 @@ def fit_seeds(
     would go on training the same weights).
 
     Example:
-        >>> runs = fit_seeds(lambda: Unet("resnet18", classes=2), train, val, num_classes=2)  # doctest: +SKIP
+        >>> build = lambda: unet("smp", "resnet18", num_classes=2)  # segnotes.unet.unet
+        >>> runs = fit_seeds(build, train, val, num_classes=2)  # doctest: +SKIP
         >>> summarize([r.final for r in runs])  # doctest: +SKIP
     """
     if isinstance(build, nn.Module) or not callable(build):

@@ -212,3 +212,16 @@ def test_bad_latency_arguments():
         compare_latency({}, (3, 8, 8))
     with pytest.raises(ValueError, match="rounds and warmup must be >= 1"):
         compare_latency({"a": nn.Conv2d(3, 8, 1)}, (3, 8, 8), rounds=0)
+
+
+def test_segformer_folded_and_published_decoders_differ_by_exactly_the_fuse():
+    from segnotes.segformer import segformer
+
+    torch.manual_seed(0)
+    model = segformer("b0", num_classes=2, drop_path_rate=0.0).eval()
+    side, dim = 64, model.config.decoder_dim
+    folded = count_gflops(model, (3, side, side))
+    model.decoder.fold = False  # the decoder as published: concatenate, then a 1x1 fuse at 1/4
+    published = count_gflops(model, (3, side, side))
+    fuse = 2 * (side // 4) ** 2 * (4 * dim) * dim / 1e9  # 1x1 conv 4 * dim -> dim at H/4 x W/4
+    assert published - folded == pytest.approx(fuse, rel=1e-9)

@@ -134,8 +134,60 @@ def test_erf_errors():
     encoder = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1, 2))
     with pytest.raises(ValueError, match="pass select= to pick one"):
         effective_receptive_field(encoder, (3, 16, 16), n=1)
-    with pytest.raises(ValueError, match="does not depend on the input"):
-        effective_receptive_field(Blind(), (3, 16, 16), n=1)
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        effective_receptive_field(nn.Conv2d(3, 2, 1), (3, 16, 16), n=1, reduce="mean")
+    with pytest.raises(ValueError, match="needs K >= 2 output channels"):
+        effective_receptive_field(nn.Conv2d(3, 1, 1), (3, 16, 16), n=1, reduce="margin")
+
+
+class Opposite(nn.Module):
+    """Two logits a(x) and -a(x): their sum never depends on x, their difference does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv(x)
+        return torch.cat([a, -a], dim=1)
+
+
+class Shifted(nn.Module):
+    """Two logits that differ by a constant: the prediction never depends on x, their sum does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv(x)
+        return torch.cat([a, a + 1.0], dim=1)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "margin"])
+def test_an_output_that_ignores_the_input_gives_an_empty_field_not_an_error(reduce):
+    blind = nn.Sequential(Blind(), nn.Conv2d(1, 2, 1))  # two logits, neither depends on x
+    erf = effective_receptive_field(blind, (3, 16, 16), n=2, reduce=reduce)
+    assert erf.empty and erf.map.shape == (16, 16) and erf.map.sum() == 0
+    assert math.isnan(erf.radius(0.5)) and math.isnan(erf.relative_radius(0.5)) and math.isnan(erf.mass_within(4))
+    assert not erf.mass_within(4) >= 0.0  # a threshold check on an empty field prints False, it does not raise
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        erf.radius(2.0)
+
+
+def test_margin_measures_what_softmax_sees_and_sum_does_not():
+    torch.manual_seed(0)
+    # logits a and -a: the sum is constant (empty field), the margin is 2a (the 3x3 kernel)
+    assert effective_receptive_field(Opposite(), (3, 16, 16), n=2).empty
+    margin = effective_receptive_field(Opposite(), (3, 16, 16), n=2, reduce="margin")
+    assert not margin.empty and (margin.map > 0).sum() == 9
+    # logits a and a + 1: softmax (and the margin) ignore x, the sum does not
+    assert not effective_receptive_field(Shifted(), (3, 16, 16), n=2).empty
+    assert effective_receptive_field(Shifted(), (3, 16, 16), n=2, reduce="margin").empty
+    # on a real 2-class model the margin field is a proper map
+    unet = nn.Sequential(conv_stack(3), nn.Conv2d(4, 2, 1))
+    field = effective_receptive_field(unet, (3, 24, 24), n=2, reduce="margin")
+    assert field.map.sum().item() == pytest.approx(1.0) and field.radius(1.0) <= 3 * math.sqrt(2)
 
 
 def test_show_receptive_fields_draws_one_panel_per_field_and_a_colorbar():
