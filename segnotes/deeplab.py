@@ -277,7 +277,7 @@ def from_smp(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     A state dict that already has segnotes keys is returned unchanged.
 
     Raises:
-        ValueError: a key that no row of :data:`SMP_KEYS` maps (e.g. SMP's own ``"resnet18"``
+        ValueError: a key that no row of ``SMP_KEYS`` maps (e.g. SMP's own ``"resnet18"``
             encoder: build SMP's model with ``"tu-resnet18"``), named.
 
     Example:

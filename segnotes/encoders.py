@@ -141,7 +141,8 @@ class TimmBackbone(nn.Module):
             dilated CNN or ``img_size=256`` for a Swin.
 
     Attributes:
-        feature_channels, feature_strides: the declared pyramid, read from timm's ``feature_info``.
+        feature_channels: the declared pyramid's channels, read from timm's ``feature_info``.
+        feature_strides: the declared pyramid's strides, read from timm's ``feature_info``.
         out_indices: the timm feature indices returned.
 
     Shapes:

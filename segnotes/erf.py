@@ -94,7 +94,7 @@ class ReceptiveField:
 
     @property
     def empty(self) -> bool:
-        """True when no input pixel moved the output (all gradients zero): every measure is ``nan``."""
+        """Whether no input pixel moved the output (all gradients are zero); then every measure is ``nan``."""
         return not bool(self.map.double().sum() > 0)
 
     def radius(self, fraction: float) -> float:
