@@ -63,7 +63,7 @@ def map_sizes(
         ``{qualified module name: (h, w)}``; a module called twice keeps its last size.
 
     Example:
-        >>> map_sizes(nn.Conv2d(3, 4, 3, stride=2), torch.zeros(1, 3, 8, 8))
+        >>> map_sizes(nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.zeros(1, 3, 8, 8))
         {'': (4, 4)}
     """
     types = tuple(types)
@@ -103,7 +103,8 @@ def decision_stride(model: nn.Module, x: torch.Tensor) -> int:
         ``H // h`` for the largest ``h`` among the activations' output maps.
 
     Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2))
+        >>> down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        >>> net = nn.Sequential(down, nn.ReLU(), nn.Upsample(scale_factor=2))
         >>> decision_stride(net, torch.zeros(1, 3, 8, 8))
         2
     """

@@ -53,8 +53,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 
 # Measured at 1280x900 on the reworked chapters: 11 000 to 15 000 px each; on 551c0fd, chapter 2 was
-# 20 645 px and chapter 6 32 252 px, most of both a progress-bar dump.
-MAX_PAGE_HEIGHT = 25_000
+# 20 645 px and chapter 6 32 252 px, most of both a progress-bar dump. The chapters now carry
+# architecture diagrams (500-600 px each) and equations: chapters 4 and 5 measure 25 300-25 600 px.
+# Progress dumps are caught by MAX_PROGRESS_LINES and MAX_OUTPUT_LINES on their own.
+MAX_PAGE_HEIGHT = 28_000
 MAX_PROGRESS_LINES = 2  # a finished bar, plus one summary line
 MAX_OUTPUT_LINES = 60  # a plain-text output longer than this is scrolled past, not read
 MIN_FIGURE_DPI = 100  # the house rule (segnotes.setup sets matplotlib's rcParams)
