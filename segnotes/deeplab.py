@@ -34,7 +34,6 @@ stride-4 skip. The tests build both.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -46,6 +45,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from .encoders import as_encoder, check_features
 from .model import SegmentationModel, check_choice, check_positive
+from .weights import find_fields, rename_keys
 
 __all__ = [
     "DeepLabV3PlusConfig",
@@ -54,6 +54,7 @@ __all__ = [
     "DeepLabV3PlusDecoder",
     "DeepLabV3Plus",
     "from_smp",
+    "SMP_KEYS",
     "DEEPLAB_PRESETS",
     "deeplabv3plus",
 ]
@@ -253,20 +254,29 @@ class DeepLabV3Plus(SegmentationModel):
         up = nn.Upsample(scale_factor=4, mode="bilinear", align_corners=True)  # stride 4 -> 1
         super().__init__(enc, decoder, nn.Sequential(classifier, up), in_channels=in_channels)
 
+    def init_weights(self) -> None:
+        """Keep PyTorch's default initialisation, as SMP's ``DeepLabV3Plus`` does.
 
-# SMP key prefix -> segnotes key prefix, tried in order; {pool} is SMP's last ASPP branch, the image
-# pooling (index len(atrous_rates) + 1). Below these prefixes both layouts are the same modules.
+        SMP's DeepLab models never call its ``initialize()`` (SMP issues #524 and #664, open
+        since 2021), so their decoder and head start from PyTorch's defaults; this model
+        starts where the one it is checked against starts.
+        """
+
+
+# SMP name -> segnotes name, in segnotes.weights' template syntax, tried in order: {pool} is SMP's last ASPP
+# branch, the image pooling (index len(atrous_rates) + 1), so its row goes before the other branches'. Below
+# these names both layouts are the same modules.
 # fmt: off
 SMP_KEYS: tuple[tuple[str, str], ...] = (
-    ("encoder.model.",               "encoder.backbone.model."),  # SMP's "tu-" (timm) encoders
-    ("decoder.aspp.0.convs.{pool}.", "decoder.aspp.pooling."),
-    ("decoder.aspp.0.convs.",        "decoder.aspp.branches."),  # 1x1, then one per atrous rate
-    ("decoder.aspp.0.project.",      "decoder.aspp.project."),
-    ("decoder.aspp.1.",              "decoder.refine.0."),  # the separable 3x3 after ASPP
-    ("decoder.aspp.2.",              "decoder.refine.1."),  # and its BatchNorm
-    ("decoder.block1.",              "decoder.skip."),  # the 48-channel reduction of the stride-4 map
-    ("decoder.block2.",              "decoder.fuse."),
-    ("segmentation_head.0.",         "head.0."),
+    ("encoder.model",               "encoder.backbone.model"),  # SMP's "tu-" (timm) encoders
+    ("decoder.aspp.0.convs.{pool}", "decoder.aspp.pooling"),
+    ("decoder.aspp.0.convs",        "decoder.aspp.branches"),  # 1x1, then one per atrous rate
+    ("decoder.aspp.0.project",      "decoder.aspp.project"),
+    ("decoder.aspp.1",              "decoder.refine.0"),  # the separable 3x3 after ASPP
+    ("decoder.aspp.2",              "decoder.refine.1"),  # and its BatchNorm
+    ("decoder.block1",              "decoder.skip"),  # the 48-channel reduction of the stride-4 map
+    ("decoder.block2",              "decoder.fuse"),
+    ("segmentation_head.0",         "head.0"),
 )
 # fmt: on
 
@@ -277,7 +287,7 @@ def from_smp(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     A state dict that already has segnotes keys is returned unchanged.
 
     Raises:
-        ValueError: a key that no row of ``SMP_KEYS`` maps (e.g. SMP's own ``"resnet18"``
+        ValueError: a key that no row of :data:`SMP_KEYS` maps (e.g. SMP's own ``"resnet18"``
             encoder: build SMP's model with ``"tu-resnet18"``), named.
 
     Example:
@@ -285,17 +295,11 @@ def from_smp(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """
     if any(k.startswith("encoder.backbone.") for k in state_dict):
         return dict(state_dict)
-    branches = [int(m[1]) for k in state_dict if (m := re.match(r"decoder\.aspp\.0\.convs\.(\d+)\.", k))]
-    table = [(theirs.format(pool=max(branches, default=-1)), ours) for theirs, ours in SMP_KEYS]
-    out = {}
-    for key, tensor in state_dict.items():
-        theirs, ours = next(((t, o) for t, o in table if key.startswith(t)), (None, None))
-        if theirs is None:
-            raise ValueError(
-                f"no row of SMP_KEYS maps SMP key {key!r}; supported is smp.DeepLabV3Plus with a 'tu-' (timm) encoder"
-            )
-        out[ours + key.removeprefix(theirs)] = tensor
-    return out
+    pool = max((f["n"] for f in find_fields(state_dict, "decoder.aspp.0.convs.{n}")), default=-1)
+    supported = "smp.DeepLabV3Plus with a 'tu-' (timm) encoder"
+    return rename_keys(
+        state_dict, SMP_KEYS, source=0, target=1, table_name="SMP_KEYS", supported=supported, given={"pool": pool}
+    )
 
 
 # Parameter counts with encoder "resnet18" and num_classes=2 (tests/test_deeplab.py checks them).

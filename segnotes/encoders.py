@@ -200,9 +200,10 @@ class TimmBackbone(nn.Module):
 
 def _cannot_dilate(name: str, output_stride: int) -> str:
     return (
-        f"{name} cannot dilate to output_stride={output_stride}: only CNNs have strided convolutions to "
-        "replace by dilated ones (a transformer such as MiT, Swin, PVTv2 or a ViT downsamples by "
-        "embedding or merging patches); use output_stride=32, or a CNN such as 'resnet18' or 'convnext_tiny'"
+        f"{name} cannot dilate to output_stride={output_stride}: segnotes dilates only timm CNNs, whose "
+        "strided stages timm rebuilds as dilated ones (a transformer such as MiT, Swin, PVTv2 or a ViT "
+        "downsamples by embedding or merging patches, which timm does not dilate); use output_stride=32, "
+        "or a CNN such as 'resnet18' or 'convnext_tiny'"
     )
 
 
@@ -424,7 +425,8 @@ def as_encoder(
             f"{name} has its deepest map at stride {ready.output_stride} (strides {ready.strides}), not "
             f"{wanted}; a module is used as it is, segnotes dilates only timm CNNs built by name "
             f"(get_encoder(name, output_stride={output_stride})). Pass output_stride={ready.output_stride}: "
-            "a transformer such as MiT or a ViT has no strided convolutions to dilate"
+            "a transformer such as MiT or a ViT downsamples with strided patch embeddings, which segnotes "
+            "does not dilate (SMP dilates MiT's by hand)"
         )
     return ready
 

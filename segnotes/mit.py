@@ -31,7 +31,6 @@ together; over a third of it is the docstrings the chapter and the API reference
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Literal
@@ -42,7 +41,9 @@ from einops import rearrange
 from timm.layers import DropPath
 from torch import nn
 
+from .init import init_normal
 from .model import check_choice, check_images
+from .weights import rename_keys
 
 __all__ = [
     "MiTConfig",
@@ -325,6 +326,7 @@ class MixTransformer(nn.Module):
             self.feature_channels.append(dim)  # the pyramid, declared where it is built
             self.feature_strides.append(stride)
             in_channels, start = dim, start + depth
+        init_normal(self, std=0.02)  # transformers' initializer_range: every linear and conv weight N(0, 0.02^2)
 
     @property
     def in_channels(self) -> int:
@@ -348,7 +350,8 @@ class MixTransformer(nn.Module):
         return side
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        check_images(x, self.config.in_channels)
+        weight = next(self.parameters())  # a float64 or CUDA batch gets a clear error, not one from conv2d
+        check_images(x, self.config.in_channels, weight.dtype, weight.device)
         if min(x.shape[-2:]) < self.min_input_size:
             m = self.min_input_size
             raise ValueError(
@@ -389,8 +392,9 @@ def mit(preset: MiTPreset = "b0", **overrides) -> MixTransformer:
 # The original layout: NVlabs' SegFormer (mix_transformer.py, its ImageNet mit_b*.pth files; its whole
 # SegFormer checkpoints add the prefix "backbone.") and SMP's mit_b* encoders use these names. (mmseg's own
 # MiT is a third layout: layers.*, a packed attn.in_proj_weight, 1x1 convs.) One row per tensor group, in model
-# order: original name, segnotes name. {s}: stage counted from 1 (patch_embed1), {i}: from 0, {j}: block.
-# Keys and values are one fused Linear in both layouts, so renaming is all it takes.
+# order: original name, segnotes name, read by segnotes.weights.rename_keys. {s}: stage counted from 1
+# (patch_embed1), {i}: from 0, {j}: block. Keys and values are one fused Linear in both layouts, so renaming
+# is all it takes.
 # fmt: off
 ORIGINAL_KEYS: tuple[tuple[str, str], ...] = (
     ("patch_embed{s}.proj",            "stages.{i}.patch_embed.proj"),
@@ -408,54 +412,43 @@ ORIGINAL_KEYS: tuple[tuple[str, str], ...] = (
     ("norm{s}",                        "stages.{i}.norm"),
 )
 # fmt: on
-_ORIGINAL_PATTERNS = [
-    re.compile(
-        re.escape(old).replace(r"\{s\}", r"(?P<s>\d+)").replace(r"\{j\}", r"(?P<j>\d+)") + r"\.(?P<suffix>weight|bias)"
-    )
-    for old, _ in ORIGINAL_KEYS
-]
 
 
-def from_original(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
-    """A state dict in the original MiT layout -> a segnotes :class:`MixTransformer` state dict.
+def from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A MiT state dict in the layout of the original NVlabs code -> a segnotes :class:`MixTransformer` state dict.
 
-    The original layout is the one of NVlabs' SegFormer code (``patch_embed1.proj.weight``,
-    ``block1.0.attn.kv.weight``, ``norm1.weight``, ...) and its checkpoints, kept by SMP's
-    ``mit_b*`` encoders. Build the model with ``norm_eps=1e-6`` to reproduce their outputs.
+    ``from_original(state_dict)`` means the same in every module that has it: convert a
+    checkpoint in the layout of the original NVlabs SegFormer code to segnotes' layout for
+    that module's model. Here the model is the encoder, and the layout is the original MiT's
+    (``patch_embed1.proj.weight``, ``block1.0.attn.kv.weight``, ``norm1.weight``, ...): NVlabs'
+    ImageNet ``mit_b*.pth`` files, and SMP's ``mit_b*`` encoders, which kept it. A whole
+    SegFormer checkpoint (``backbone.*``, ``decode_head.*``) goes to
+    :func:`segnotes.segformer.from_original`, which calls this function for its encoder.
+    Build the model with ``norm_eps=1e-6`` to reproduce the original outputs.
 
     Args:
         state_dict: encoder tensors; a state dict already in segnotes' names is returned unchanged.
-        prefix: stripped from every key first, e.g. ``"backbone."`` for the encoder part of a whole
-            NVlabs SegFormer checkpoint (select those keys first; ``decode_head.*`` is not an encoder key).
 
     Returns:
         The same tensors under segnotes' names, ready for ``load_state_dict(..., strict=True)``.
 
     Raises:
-        ValueError: a key without the prefix or without a row in the key table (e.g. the ImageNet
-            classifier ``head.*``: drop it), naming the first few.
+        ValueError: a key that no row of :data:`ORIGINAL_KEYS` maps, named (e.g. the ImageNet
+            classifier ``head.*`` of the ``mit_b*.pth`` files: drop it).
 
     Example:
         >>> mit("b0", norm_eps=1e-6).load_state_dict(from_original(smp_encoder.state_dict()))  # doctest: +SKIP
     """
     if all(key.startswith("stages.") for key in state_dict):
         return dict(state_dict)
-    out, unmapped = {}, []
-    for key, tensor in state_dict.items():
-        name = key.removeprefix(prefix) if key.startswith(prefix) else ""
-        for (_, new), pattern in zip(ORIGINAL_KEYS, _ORIGINAL_PATTERNS):
-            if match := pattern.fullmatch(name):
-                stage = int(match["s"]) - 1  # patch_embed1 -> stages.0
-                out[new.format(i=stage, j=match.groupdict().get("j")) + "." + match["suffix"]] = tensor
-                break
-        else:
-            unmapped.append(key)
-    if unmapped:
-        raise ValueError(
-            f"{len(unmapped)} keys are not MiT encoder keys in the original layout (with prefix {prefix!r}), "
-            f"e.g. {unmapped[:5]}; drop classifier or decoder keys and pass the prefix the encoder keys carry"
-        )
-    return out
+    supported = (
+        "the original MiT encoder's keys (patch_embed1.*, block1.0.*, norm1.*); drop the classifier head.*, "
+        "and convert a whole SegFormer checkpoint (backbone.*) with segnotes.segformer.from_original"
+    )
+    derived = {"i": lambda f: f["s"] - 1}  # patch_embed1 -> stages.0
+    return rename_keys(
+        state_dict, ORIGINAL_KEYS, source=0, target=1, table_name="ORIGINAL_KEYS", supported=supported, derived=derived
+    )
 
 
 # --- presets -----------------------------------------------------------------------------------------

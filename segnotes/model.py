@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import init_decoder, init_head
+
 __all__ = [
     "SegmentationModel",
     "SegmentationHead",
@@ -264,6 +266,16 @@ class SegmentationModel(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.head = head
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Start the decoder and head as segmentation_models.pytorch does (:mod:`segnotes.init`).
+
+        The encoder keeps its own initialisation (timm's, torchvision's, or its pretrained
+        weights). Models matched against another library override this (SegFormer).
+        """
+        init_decoder(self.decoder)
+        init_head(self.head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, in_channels, H, W) -> the decoder's map (B, D, h, w)."""

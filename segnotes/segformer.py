@@ -27,7 +27,7 @@ timm Swin (``get_encoder(name, img_size=...)``) or the book's MobileNetV2. Witho
 ``encoder``, the Mix Transformer of the config sits in the slot as it is (its maps are
 already the ones the decoder reads), which keeps the state dict of the published layouts.
 
-Weights convert from three published layouts through ordered key tables:
+Weights convert from three published layouts through ordered key tables (:mod:`segnotes.weights`):
 transformers' ``SegformerForSemanticSegmentation`` (:func:`from_transformers`, and back
 with :func:`to_transformers`), the original NVlabs/mmseg checkpoints
 (:func:`from_original`) and segmentation_models.pytorch's ``Segformer`` (:func:`from_smp`).
@@ -39,7 +39,6 @@ modules whose names they list; splitting them into another module would hide tha
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -52,8 +51,10 @@ from torch import nn
 
 from . import mit as _mit
 from .encoders import as_encoder, check_features
+from .init import init_normal
 from .mit import MIT_PRESETS, MiTConfig, MixTransformer
 from .model import SegmentationModel, check_choice, check_positive, resize
+from .weights import rename_keys
 
 __all__ = [
     "SegFormerConfig",
@@ -84,6 +85,8 @@ class SegFormerConfig:
         dropout: dropout before the classifier (0.1 in the paper and transformers).
         upsampling: bilinear upsampling of the logits in the head, 1, 2 or 4; 1 (the paper) keeps
             them at 1/4 resolution, 4 returns 4 * ceil(H / 4) like segmentation_models.pytorch.
+        decoder_stages: the encoder stages the decoder fuses (0 = stride 4); ``None``: all four,
+            as in the paper (see :class:`AllMLPDecoder`'s ``stages``).
     """
 
     encoder: MiTConfig = field(default_factory=MiTConfig)
@@ -91,6 +94,7 @@ class SegFormerConfig:
     num_classes: int = 150
     dropout: float = 0.1
     upsampling: int = 1
+    decoder_stages: tuple[int, ...] | None = None
 
 
 class AllMLPDecoder(nn.Module):
@@ -105,6 +109,9 @@ class AllMLPDecoder(nn.Module):
             runs the paper's steps literally.
         strides: the maps' strides; ``None``: 4, 8, 16, ... (a MiT's). The decoder reads the
             maps at stride 4 and deeper (an encoder's input image and stride-2 map are not read).
+        stages: which of those maps to fuse, counted from the stride-4 one; ``None``: all (the
+            paper). ``(3,)`` fuses a MiT's stride-32 map alone, still at 1/4 resolution: what
+            the fine stages buy (chapter 5).
 
     Attributes:
         in_channels: channels of the maps it reads, e.g. ``[32, 64, 160, 256]``.
@@ -125,6 +132,7 @@ class AllMLPDecoder(nn.Module):
         fold: bool = True,
         *,
         strides: Sequence[int] | None = None,
+        stages: Sequence[int] | None = None,
     ):
         super().__init__()
         self.encoder_channels = list(in_channels)
@@ -134,7 +142,15 @@ class AllMLPDecoder(nn.Module):
                 f"AllMLPDecoder needs one stride per map and a map at stride 4, got channels {self.encoder_channels} "
                 f"at strides {self.encoder_strides}; build it from the encoder's channels and strides"
             )
-        self.read = [i for i, s in enumerate(self.encoder_strides) if s >= 4]  # the maps it decodes
+        decodable = [i for i, s in enumerate(self.encoder_strides) if s >= 4]
+        self.size_from = self.encoder_strides.index(4)  # the output has the stride-4 map's size
+        stages = range(len(decodable)) if stages is None else stages
+        if not stages or any(not 0 <= k < len(decodable) for k in stages) or len(set(stages)) < len(stages):
+            raise ValueError(
+                f"stages must be distinct indices into the {len(decodable)} maps at stride 4 and deeper "
+                f"(strides {[self.encoder_strides[i] for i in decodable]}), e.g. (3,), got {tuple(stages)}"
+            )
+        self.read = [decodable[k] for k in sorted(stages)]  # the maps it decodes
         self.in_channels = [check_positive("in_channels", self.encoder_channels[i]) for i in self.read]
         self.out_channels = check_positive("dim", dim)
         self.proj = nn.ModuleList(nn.Linear(c, dim) for c in self.in_channels)  # step 1
@@ -149,9 +165,8 @@ class AllMLPDecoder(nn.Module):
         """Raise a ``ValueError`` unless ``features`` are the maps (channels, strides) it was built for."""
         check_features(features, self.encoder_channels, self.encoder_strides, "AllMLPDecoder")
 
-    def mix(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Steps 1-3 up to the fuse convolution, literally: (B, dim, H / 4, W / 4)."""
-        size = features[0].shape[-2:]
+    def mix(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """Steps 1-3 up to the fuse convolution, literally: (B, dim, H / 4, W / 4) for ``size`` (H / 4, W / 4)."""
         maps = []
         for f, proj in zip(features, self.proj, strict=True):
             h, w = f.shape[-2:]
@@ -190,9 +205,8 @@ class AllMLPDecoder(nn.Module):
                 self._cache = (copies, *self.folded_weights())
         return self._cache[1], self._cache[2]
 
-    def mix_folded(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def mix_folded(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         """The same as :meth:`mix`, with the fuse folded in before upsampling: (B, dim, H / 4, W / 4)."""
-        size = features[0].shape[-2:]
         weights, bias = self.folded()
         out = None
         for f, weight in zip(features, weights, strict=True):
@@ -204,8 +218,9 @@ class AllMLPDecoder(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         self.check(features)
-        features = [features[i] for i in self.read]  # the maps at stride 4 and deeper
-        x = self.mix_folded(features) if self.fold else self.mix(features)
+        size = features[self.size_from].shape[-2:]  # (H / 4, W / 4)
+        features = [features[i] for i in self.read]  # the maps it fuses, at stride 4 and deeper
+        x = self.mix_folded(features, size) if self.fold else self.mix(features, size)
         return self.dropout(F.relu(self.norm(x), inplace=True))  # (B, dim, H/4, W/4)
 
 
@@ -305,11 +320,21 @@ class SegFormer(SegmentationModel):
         else:
             enc = as_encoder(encoder, in_channels, pretrained=encoder_weights is not None)
             channels, strides = enc.out_channels, enc.strides
-        decoder = AllMLPDecoder(channels, config.decoder_dim, config.dropout, strides=strides)
+        decoder = AllMLPDecoder(
+            channels, config.decoder_dim, config.dropout, strides=strides, stages=config.decoder_stages
+        )
         head = PixelClassifier(config.decoder_dim, config.num_classes, config.upsampling)
         super().__init__(enc, decoder, head, in_channels=in_channels)
         self.config = config
         self.output_stride = 4 // config.upsampling  # logits at 1/4 of the input, or upsampled
+
+    def init_weights(self) -> None:
+        """Start the decoder and classifier as transformers does: weights N(0, 0.02²), biases 0.
+
+        The MiT starts the same way (its own ``__init__``); another encoder keeps its own.
+        """
+        init_normal(self.decoder, std=0.02)
+        init_normal(self.head, std=0.02)
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str | Path, **overrides) -> SegFormer:
@@ -371,7 +396,7 @@ def segformer(
         num_classes: logits' channels.
         encoder, encoder_weights: another encoder instead of the preset's MiT (see :class:`SegFormer`);
             the preset then only sets the decoder (``decoder_dim``).
-        **overrides: :class:`SegFormerConfig` fields (``decoder_dim``, ``dropout``, ``upsampling``)
+        **overrides: :class:`SegFormerConfig` fields (``decoder_dim``, ``dropout``, ``upsampling``, ``decoder_stages``)
             or :class:`~segnotes.mit.MiTConfig` fields (e.g. ``drop_path_rate=0.0``, ``norm_eps=1e-6``).
 
     Example:
@@ -435,34 +460,6 @@ DECODER_KEYS: tuple[tuple[str, str, str], ...] = (
 # mmseg's BaseDecodeHead always builds a classifier conv_seg that SegFormerHead never calls (it predicts
 # with linear_pred): the original checkpoints carry it, and it is dropped.
 _UNUSED_ORIGINAL = "decode_head.conv_seg."
-_SUFFIX = r"\.(?P<suffix>weight|bias|running_mean|running_var|num_batches_tracked)"
-
-
-def _pattern(template: str) -> re.Pattern:
-    regex = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{j\}", r"(?P<j>\d+)")
-    return re.compile(regex + _SUFFIX)
-
-
-def _rename(
-    state_dict: Mapping[str, torch.Tensor], table: Sequence[Sequence[str]], sources: Sequence[int], target: int
-) -> dict[str, torch.Tensor]:
-    """Rename every key from any of the ``sources`` columns of ``table`` to its ``target`` column, or raise."""
-    patterns = [[_pattern(template) for template in row] for row in table]
-    out, unmapped = {}, []
-    for key, tensor in state_dict.items():
-        for row, row_patterns in zip(table, patterns):
-            match = next((m for m in (row_patterns[s].fullmatch(key) for s in sources) if m), None)
-            if match:
-                out[row[target].format(**match.groupdict()) + "." + match["suffix"]] = tensor
-                break
-        else:
-            unmapped.append(key)
-    if unmapped:
-        raise ValueError(
-            f"{len(unmapped)} keys have no entry in the conversion table, e.g. {unmapped[:5]}; "
-            "pass the full model's state dict in the layout this converter reads"
-        )
-    return out
 
 
 def _join_kv(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -501,14 +498,18 @@ def from_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
     and the 5.x module names (``model.state_dict()``); a segnotes state dict is returned unchanged.
 
     Raises:
-        ValueError: a key that no row of ``TRANSFORMERS_KEYS`` matches.
+        ValueError: a key that no row of :data:`TRANSFORMERS_KEYS` maps, named.
 
     Example:
         >>> model.load_state_dict(from_transformers(hf_model.state_dict()), strict=True)  # doctest: +SKIP
     """
     if _native(state_dict):
         return dict(state_dict)
-    return _join_kv(_rename(state_dict, TRANSFORMERS_KEYS, (1, 2), 0))
+    # either transformers layout: each row once with its 4.x name, then once with its 5.x name
+    either = [(ours, theirs) for ours, *names in TRANSFORMERS_KEYS for theirs in names]
+    supported = "transformers' SegformerForSemanticSegmentation, with 4.x or 5.x names"
+    renamed = rename_keys(state_dict, either, source=1, target=0, table_name="TRANSFORMERS_KEYS", supported=supported)
+    return _join_kv(renamed)  # attn.k and attn.v -> segnotes' fused attn.kv
 
 
 def to_transformers(
@@ -522,26 +523,44 @@ def to_transformers(
             ``"v4"`` for transformers 4.x and checkpoint files.
     """
     column = {"v4": 1, "v5": 2}[check_choice("names", names, Literal["v5", "v4"])]
-    return _rename(_split_kv(state_dict), TRANSFORMERS_KEYS, (0,), column)
+    supported = "a segnotes SegFormer's state dict (encoder.stages.*, decoder.*, head.*)"
+    split = _split_kv(state_dict)  # transformers keeps keys and values in two Linears
+    return rename_keys(
+        split, TRANSFORMERS_KEYS, source=0, target=column, table_name="TRANSFORMERS_KEYS", supported=supported
+    )
 
 
-def _from_mit_layout(state_dict: Mapping[str, torch.Tensor], prefix: str, column: int) -> dict[str, torch.Tensor]:
+def _from_mit_layout(
+    state_dict: Mapping[str, torch.Tensor], prefix: str, column: int, supported: str
+) -> dict[str, torch.Tensor]:
     """Encoder keys under ``prefix`` through :func:`segnotes.mit.from_original`, the rest through ``DECODER_KEYS``."""
-    encoder = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+    encoder = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
     rest = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
-    out = {"encoder." + k: v for k, v in _mit.from_original(encoder, prefix=prefix).items()}
-    return out | _rename(rest, DECODER_KEYS, (column,), 0)
+    out = {"encoder." + k: v for k, v in _mit.from_original(encoder).items()}
+    return out | rename_keys(
+        rest, DECODER_KEYS, source=column, target=0, table_name="DECODER_KEYS", supported=supported
+    )
 
 
 def from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An original NVlabs/mmseg SegFormer checkpoint's state dict -> segnotes :class:`SegFormer` state dict.
+    """A SegFormer state dict in the layout of the original NVlabs code -> a segnotes :class:`SegFormer` state dict.
 
-    ``backbone.*`` goes through :func:`segnotes.mit.from_original`, ``decode_head.*`` through
-    ``DECODER_KEYS``; the unused ``decode_head.conv_seg`` is dropped. The original blocks use
-    LayerNorm epsilon 1e-6: build the model with ``norm_eps=1e-6`` to reproduce its outputs.
+    ``from_original(state_dict)`` means the same in every module that has it: convert a
+    checkpoint in the layout of the original NVlabs SegFormer code (mmseg 0.x) to segnotes'
+    layout for that module's model. Here the model is the whole SegFormer: ``backbone.*``
+    goes through :func:`segnotes.mit.from_original` (the encoder's layout), ``decode_head.*``
+    through :data:`DECODER_KEYS`; the unused ``decode_head.conv_seg`` is dropped. The original
+    blocks use LayerNorm epsilon 1e-6: build the model with ``norm_eps=1e-6`` to reproduce its outputs.
+
+    Args:
+        state_dict: ``checkpoint["state_dict"]``; a state dict already in segnotes' names is returned unchanged.
+
+    Returns:
+        The same tensors under segnotes' names, ready for ``load_state_dict(..., strict=True)``.
 
     Raises:
-        ValueError: a whole checkpoint instead of its ``"state_dict"``, or a key the tables do not map.
+        ValueError: a whole checkpoint instead of its ``"state_dict"``, or a key that no row of
+            :data:`segnotes.mit.ORIGINAL_KEYS` (encoder) or :data:`DECODER_KEYS` maps, named.
 
     Example:
         >>> model.load_state_dict(from_original(torch.load(path)["state_dict"]), strict=True)  # doctest: +SKIP
@@ -550,7 +569,8 @@ def from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
         raise ValueError("got a whole mmseg checkpoint; pass checkpoint['state_dict']")
     if _native(state_dict):
         return dict(state_dict)
-    return _from_mit_layout({k: v for k, v in state_dict.items() if not k.startswith(_UNUSED_ORIGINAL)}, "backbone.", 1)
+    used = {k: v for k, v in state_dict.items() if not k.startswith(_UNUSED_ORIGINAL)}
+    return _from_mit_layout(used, "backbone.", 1, "an original SegFormer checkpoint's backbone.* and decode_head.*")
 
 
 def from_smp(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -560,11 +580,12 @@ def from_smp(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     and LayerNorm epsilon 1e-6; its head upsamples by 4 with ``align_corners=True``.
 
     Raises:
-        ValueError: a key the tables do not map.
+        ValueError: a key that no row of :data:`segnotes.mit.ORIGINAL_KEYS` (encoder) or
+            :data:`DECODER_KEYS` maps, named.
     """
     if _native(state_dict):
         return dict(state_dict)
-    return _from_mit_layout(state_dict, "encoder.", 2)
+    return _from_mit_layout(state_dict, "encoder.", 2, "smp.Segformer with a mit_b* encoder")
 
 
 def conversion_table(layout: Literal["transformers", "original", "smp"]) -> list[tuple[str, str]]:

@@ -63,6 +63,7 @@ __all__ = [
     "fit_seeds",
     "summarize",
     "disjoint",
+    "portable_margin",
 ]
 
 LossName = Literal["ce", "ce+dice"]
@@ -821,6 +822,33 @@ def summarize(values: Sequence[float], digits: int = 3) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     f = f".{digits}f"
     return f"{statistics.fmean(values):{f}} ± {std:{f}} (min {min(values):{f}}, max {max(values):{f}})"
+
+
+def portable_margin(*groups: Sequence[float], floor: float = 0.05) -> float:
+    """The margin a checked claim about trained results keeps: max(``floor``, 3 x the seeds' largest std).
+
+    Trained values move in the last digits from one CPU to another (other SIMD kernels, another
+    float path, a GPU's longer budget), and training amplifies it. A threshold or a ranking
+    that stays this far from every seed's value survives that; the book checks only such
+    claims. The std is the sample standard deviation (ddof=1) of each group of seeds.
+
+    Args:
+        groups: one sequence of per-seed results per model, at least two values each.
+        floor: the smallest margin, whatever the spread.
+
+    Example:
+        >>> round(portable_margin([0.51, 0.60, 0.53], [0.29, 0.28, 0.29]), 3)
+        0.142
+    """
+    if not groups:
+        raise ValueError("portable_margin needs at least one group of per-seed values")
+    stds = []
+    for group in groups:
+        values = _check_values(group, "each group")
+        if len(values) < 2:
+            raise ValueError(f"a spread needs at least two seeds per group, got {len(values)} value(s)")
+        stds.append(statistics.stdev(values))
+    return max(_check_real("floor", floor, 0.0, inclusive=True), 3 * max(stds))
 
 
 def disjoint(higher: Sequence[float], lower: Sequence[float], margin: float = 0.0) -> bool:

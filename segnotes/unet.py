@@ -41,7 +41,6 @@ half of it is docstrings.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -54,6 +53,7 @@ from .encoders import as_encoder, check_features
 from .inspect import trace
 from .model import SegmentationHead, SegmentationModel, check_choice, check_positive
 from .upsample import UpsampleMode, make_upsample
+from .weights import find_fields, rename_keys
 
 __all__ = [
     "UnetConfig",
@@ -66,6 +66,7 @@ __all__ = [
     "Unet",
     "UnetPlusPlus",
     "convert_smp_state_dict",
+    "SMP_KEYS",
     "UNET_PRESETS",
     "unet",
     "EncoderWeights",
@@ -414,18 +415,18 @@ class UnetPlusPlus(Unet):
     decoder_class = UnetPlusPlusDecoder
 
 
-# SMP key -> segnotes key, tried in order; every key must match one rule. In the UNet++ rule,
-# SMP's node x_{d}_{l} (row l counted from the bottleneck, d columns left of the main path) is
-# node x_{i}_{j} with i = depth - 1 - l, j = l - d + 1 (SMP's last node x_0_{depth-1} is x_0_{depth}).
-# SMP's head is Sequential(conv, upsampling, activation); ours Sequential(conv, upsampling).
-_CONV = r"conv[12]\.[01]\.[a-z_]+"  # conv1/conv2, then Conv2d (0) or BatchNorm2d (1), then the tensor
+# SMP name -> segnotes name, in segnotes.weights' template syntax; below each row both layouts are the same
+# modules. In the UNet++ row, SMP's node x_{d}_{l} (row l counted from the bottleneck, d columns left of the
+# main path) is node x_{i}_{j} with i = depth - 1 - l, j = l - d + 1 (SMP's last node x_0_{depth-1} is
+# x_0_{depth}). SMP's head is Sequential(conv, upsampling, activation); ours Sequential(conv, upsampling).
+# SMP's center block and attention have no row: segnotes builds neither.
 # fmt: off
-_SMP_KEYS: tuple[tuple[str, str], ...] = (
-    (r"encoder\.features\.(?P<rest>.+)",                              "encoder.backbone.features.{rest}"),  # MNv2
-    (r"encoder\.model\.(?P<rest>.+)",                                 "encoder.backbone.model.{rest}"),  # tu- (timm)
-    (rf"decoder\.blocks\.(?P<k>\d+)\.(?P<rest>{_CONV})",              "decoder.blocks.{k}.{rest}"),  # UNet
-    (rf"decoder\.blocks\.x_(?P<d>\d+)_(?P<l>\d+)\.(?P<rest>{_CONV})", "decoder.blocks.x_{i}_{j}.{rest}"),  # UNet++
-    (r"segmentation_head\.0\.(?P<rest>weight|bias)",                  "head.0.{rest}"),
+SMP_KEYS: tuple[tuple[str, str], ...] = (
+    ("encoder.features",                 "encoder.backbone.features"),  # mobilenet_v2
+    ("encoder.model",                    "encoder.backbone.model"),  # tu- (timm)
+    ("decoder.blocks.{k}.conv{c}",       "decoder.blocks.{k}.conv{c}"),  # UNet
+    ("decoder.blocks.x_{d}_{l}.conv{c}", "decoder.blocks.x_{i}_{j}.conv{c}"),  # UNet++
+    ("segmentation_head.0",              "head.0"),
 )
 # fmt: on
 
@@ -444,31 +445,20 @@ def convert_smp_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
         A new dict with the same tensors under segnotes keys, for ``load_state_dict(..., strict=True)``.
 
     Raises:
-        ValueError: a key that no rule maps (e.g. SMP's ``center`` block or attention), named.
+        ValueError: a key that no row of :data:`SMP_KEYS` maps (e.g. SMP's ``center`` block or attention), named.
 
     Example:
         >>> ours.load_state_dict(convert_smp_state_dict(smp_unet.state_dict()))  # doctest: +SKIP
     """
     if any(k.startswith("encoder.backbone.") for k in state_dict):
         return dict(state_dict)
-    rows = [int(m["l"]) for k in state_dict if (m := re.match(r"decoder\.blocks\.x_\d+_(?P<l>\d+)\.", k))]
+    rows = [f["l"] for f in find_fields(state_dict, "decoder.blocks.x_{d}_{l}")]
     depth = max(rows, default=-1) + 1  # UNet++ only: SMP's last node is x_0_{depth-1}
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, template in _SMP_KEYS:
-            if m := re.fullmatch(pattern, key):
-                fields = m.groupdict()
-                if "l" in fields:
-                    d, l = int(fields["d"]), int(fields["l"])
-                    fields.update(i=depth - 1 - l, j=l - d + 1)
-                out[template.format(**fields)] = value
-                break
-        else:
-            raise ValueError(
-                f"no rule maps SMP key {key!r}; supported are smp.Unet / smp.UnetPlusPlus with the "
-                "'mobilenet_v2' or a 'tu-' encoder, without center block or attention"
-            )
-    return out
+    supported = "smp.Unet / smp.UnetPlusPlus with the 'mobilenet_v2' or a 'tu-' encoder, without center or attention"
+    derived = {"i": lambda f: depth - 1 - f["l"], "j": lambda f: f["l"] - f["d"] + 1}  # UNet++ node names
+    return rename_keys(
+        state_dict, SMP_KEYS, source=0, target=1, table_name="SMP_KEYS", supported=supported, derived=derived
+    )
 
 
 # Parameter counts with MobileNetV2Backbone() and num_classes=2 (tests/test_unet.py checks them).

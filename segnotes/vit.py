@@ -250,6 +250,8 @@ class ViTBackbone(nn.Module):
         self.readouts = nn.ModuleList(Readout(self.embed_dim, self.num_prefix_tokens, readout) for _ in indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        weight = self.vit.patch_embed.proj.weight  # a float64 or CUDA batch gets a clear error, not one from conv2d
+        check_images(x, self.in_channels, weight.dtype, weight.device)
         check_divisible(x, self.patch_size, "the ViT's patch size")
         B, _, H, W = x.shape
         with_prefix = self.num_prefix_tokens > 0  # timm returns (patches, prefix) pairs only when there is a prefix

@@ -87,19 +87,17 @@ def test_smp_weights_convert_and_give_the_same_features():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_original_checkpoint_layout_with_backbone_prefix():
-    """A whole NVlabs SegFormer checkpoint: encoder keys carry "backbone.", the decoder's are decode_head.*."""
+def test_from_original_converts_the_encoder_and_sends_whole_checkpoints_to_segformer():
+    """mit.from_original: an encoder in the original layout; a whole SegFormer checkpoint is segformer's to convert."""
     encoder_state = _smp_b0().state_dict()  # SMP keeps the original code's names
-    checkpoint = {"backbone." + k: v for k, v in encoder_state.items()}
-    checkpoint["decode_head.linear_pred.weight"] = torch.zeros(150, 256, 1, 1)
-    backbone = {k: v for k, v in checkpoint.items() if k.startswith("backbone.")}
-    converted = from_original(backbone, prefix="backbone.")
+    converted = from_original(encoder_state)
     mit("b0").load_state_dict(converted, strict=True)
     assert converted["stages.0.blocks.1.attn.sr_norm.weight"] is encoder_state["block1.1.attn.norm.weight"]
     assert converted["stages.3.blocks.0.mlp.dwconv.bias"] is encoder_state["block4.0.mlp.dwconv.dwconv.bias"]
     assert from_original(converted) == converted  # already segnotes' names: unchanged
-    with pytest.raises(ValueError, match="decode_head.linear_pred.weight"):
-        from_original(checkpoint, prefix="backbone.")
+    checkpoint = {"backbone." + k: v for k, v in encoder_state.items()}  # a whole NVlabs SegFormer's encoder keys
+    with pytest.raises(ValueError, match=r"'backbone\.patch_embed1\.proj\.weight'.*segnotes\.segformer\.from_original"):
+        from_original(checkpoint)
     with pytest.raises(ValueError, match="head.weight"):  # the ImageNet classifier of the original mit_b*.pth
         from_original({**encoder_state, "head.weight": torch.zeros(1000, 256)})
 

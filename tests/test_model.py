@@ -25,7 +25,8 @@ from segnotes.model import (
 )
 
 PACKAGE = Path(segnotes.__file__).parent
-SHARED = ("model", "encoders", "data", "nuclei", "train", "viz", "inspect")  # every chapter may import these
+# every chapter may import these
+SHARED = ("model", "init", "weights", "encoders", "data", "nuclei", "train", "viz", "inspect")
 
 
 class _Pyramid(nn.Module):

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from segnotes.deeplab import DeepLabV3Plus
+from segnotes.mit import mit
 from segnotes.segformer import segformer
 from segnotes.setr import SetrMla, SetrNaive, SetrPup
 from segnotes.unet import Unet, UnetPlusPlus
-from segnotes.vit import vit
+from segnotes.vit import ViTBackbone, vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K = 3  # classes
@@ -116,3 +117,10 @@ def test_bad_inputs_raise_value_errors(case, x, message):
     model, _ = case
     with pytest.raises(ValueError, match=message):
         model(x)
+
+
+@pytest.mark.parametrize("build", [lambda: mit("b0"), lambda: ViTBackbone(vit("book", num_classes=0))])
+def test_standalone_transformer_encoders_name_the_dtype_to_pass(build):
+    """MiT and a ViT used on their own (outside SegmentationModel) check the batch's dtype too."""
+    with pytest.raises(ValueError, match=r"pass x\.float\(\)"):
+        build()(torch.randn(1, 3, 64, 64, dtype=torch.float64))

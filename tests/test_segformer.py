@@ -168,7 +168,7 @@ def test_original_checkpoint_layout():
     with pytest.raises(ValueError, match="checkpoint\\['state_dict'\\]"):
         from_original({"state_dict": original, "meta": {}})
     renamed = {k.replace("linear_pred", "linear_prediction"): v for k, v in original.items()}
-    with pytest.raises(ValueError, match="no entry in the conversion table.*linear_prediction"):
+    with pytest.raises(ValueError, match="no row of DECODER_KEYS maps key 'decode_head.linear_prediction.weight'"):
         from_original(renamed)
 
 
@@ -270,7 +270,7 @@ def test_bad_inputs_raise_value_errors():
         segformer("b0", num_classes=3, decoder_width=64)
     with pytest.raises(ValueError, match="num_classes must be a positive integer"):
         segformer("b0", num_classes=0)
-    with pytest.raises(ValueError, match="no entry in the conversion table"):
+    with pytest.raises(ValueError, match="no row of TRANSFORMERS_KEYS maps key 'segformer.encoder.unknown.weight'"):
         from_transformers({"segformer.encoder.unknown.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="names must be one of"):
         to_transformers(model.state_dict(), names="v3")
@@ -323,3 +323,19 @@ def test_decoder_checks_strides_too():
     decoder, features = _decoder_and_features()
     with pytest.raises(ValueError, match=r"AllMLPDecoder expects maps at strides \[4, 8, 16, 32\], but map 3"):
         decoder([*features[:3], features[3][..., :1, :1]])
+
+
+def test_decoder_stages_fuse_a_subset_at_quarter_resolution():
+    """Chapter 5's ablation: the stride-32 map alone, still decoded at 1/4 resolution; bad indices refused."""
+    model = segformer("b0", num_classes=2, decoder_stages=(3,)).eval()
+    assert model.decoder.in_channels == [256] and model.output_stride == 4
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2, 16, 16)
+        # fused and literal paths agree for a subset too
+        features = model.encoder(torch.randn(1, 3, 64, 64))
+        folded = model.decoder(features)
+        model.decoder.fold = False
+        torch.testing.assert_close(model.decoder(features), folded, atol=1e-5, rtol=1e-5)
+    for bad in [(), (4,), (1, 1)]:
+        with pytest.raises(ValueError, match="stages must be distinct indices"):
+            segformer("b0", num_classes=2, decoder_stages=bad)

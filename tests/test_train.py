@@ -300,3 +300,13 @@ def test_fit_refuses_logits_at_another_stride_than_the_model_declares():
     data = torch.utils.data.TensorDataset(torch.rand(4, 3, 16, 16), torch.randint(0, 2, (4, 16, 16)))
     with pytest.raises(ValueError, match="declares output_stride=1, so 16x16 images should give 16x16 logits"):
         fit(HalfResolution(), data, num_classes=2, epochs=1, batch_size=2, progress=False)
+
+
+def test_portable_margin_is_three_stds_with_a_floor():
+    from segnotes.train import portable_margin
+
+    assert portable_margin([0.5, 0.5, 0.5]) == 0.05  # no spread: the floor
+    assert abs(portable_margin([0.4, 0.5, 0.6], [0.1, 0.1]) - 0.3) < 1e-12  # the largest std, times 3
+    for bad in [(), ([0.5],), ([0.5, float("nan")],)]:
+        with pytest.raises(ValueError):
+            portable_margin(*bad)

@@ -136,7 +136,7 @@ def test_transformer_style_encoder_matches_smp_tu_encoder(ours, theirs, count_pa
 def test_convert_smp_state_dict_is_idempotent_and_rejects_unmapped_keys():
     sd = Unet(MobileNetV2Backbone(), num_classes=2).state_dict()
     assert convert_smp_state_dict(sd).keys() == sd.keys()
-    with pytest.raises(ValueError, match="no rule maps SMP key 'encoder.layer1.weight'"):
+    with pytest.raises(ValueError, match="no row of SMP_KEYS maps key 'encoder.layer1.weight'"):
         convert_smp_state_dict({"encoder.layer1.weight": torch.zeros(1)})
     # decoder keys are checked too: SMP's center block and attention have no counterpart
     center = smp.Unet("mobilenet_v2", encoder_weights=None, classes=1).state_dict()
