@@ -21,7 +21,7 @@ QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || tru
 # Notebooks run without progress bars (nothing to store). OpenMP keeps its default spin-waiting threads:
 # OMP_WAIT_POLICY=PASSIVE made the small training steps of the book 1.5-2.4x slower on an idle 2-core machine.
 NB_ENV := SEGNOTES_PROGRESS=0
-NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg -p tests.tools.nbtimes
 # The second float path: torch's portable (non-SIMD) CPU kernels round differently in the last bits, so
 # trained weights differ from the first run's; every checked claim must hold on both, as on a reader's CPU.
 FLOAT_PATH := ATEN_CPU_CAPABILITY=default

@@ -310,7 +310,9 @@ def attention_distance(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     For every patch token, the distance between its patch centre and every other patch's
     centre, weighted by how much attention it pays to that patch (attention to the prefix
-    tokens left out, the rest renormalised), averaged over patches and images. A head that
+    tokens left out, the rest renormalised), averaged over patches and images (a query whose
+    attention all went to the prefix tokens, exactly 0 on every patch in float32, has no distance
+    and is left out of the mean; ``nan`` only for a head where every query does so). A head that
     looks only at its own patch scores 0; one that attends uniformly scores the mean
     distance between two patches of the image.
 
@@ -333,6 +335,7 @@ def attention_distance(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     result = []
     for weights in attention_weights(vit, x):
         patches = weights[:, :, prefix:, prefix:]  # (B, heads, N, N): patch-to-patch attention
-        patches = patches / patches.sum(-1, keepdim=True)
-        result.append((patches * distance).sum(-1).mean(dim=(0, 2)))  # (heads,)
+        mass = patches.sum(-1)  # (B, heads, N): what each query pays the patches, the rest went to the prefix
+        per_query = (patches * distance).sum(-1) / mass  # renormalised; nan where a query attends only the prefix
+        result.append(per_query.nanmean(dim=(0, 2)))  # (heads,), over the queries that look at patches
     return torch.stack(result)  # (depth, heads)

@@ -309,7 +309,8 @@ def test_output_stride_dilates_like_smp(name, output_stride):
 
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "swin_tiny_patch4_window7_224", "vit_tiny_patch16_224"])
 def test_transformers_cannot_dilate(name):
-    with pytest.raises(ValueError, match=f"{name} cannot dilate to output_stride=16: segnotes dilates only timm CNNs"), torch.device("meta"):
+    message = f"{name} cannot dilate to output_stride=16: segnotes dilates only timm CNNs"
+    with pytest.raises(ValueError, match=message), torch.device("meta"):
         get_encoder(name, output_stride=16)
 
 

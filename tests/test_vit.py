@@ -241,3 +241,16 @@ def test_attention_distance_of_uniform_attention():
     uniform = torch.cdist(centres, centres).mean()
     assert distance.shape == (4, 2)
     torch.testing.assert_close(distance, uniform.expand(4, 2))
+
+
+def test_attention_distance_leaves_out_queries_that_attend_only_the_prefix(monkeypatch):
+    """A query whose attention all went to the CLS token has no patch distance: left out, not nan."""
+    import segnotes.vit as vit_module
+
+    model = vit_module.vit("book", num_classes=0)
+    x = torch.randn(1, 3, 8, 8)  # 2 x 2 patches of 4 px, plus the CLS token
+    weights = torch.zeros(1, 1, 5, 5)
+    weights[0, 0, :, 0] = 1.0  # every query on the CLS token...
+    weights[0, 0, 1, 0], weights[0, 0, 1, 2] = 0.0, 1.0  # ...but patch 0, which looks at its right neighbour
+    monkeypatch.setattr(vit_module, "attention_weights", lambda *args: [weights])
+    assert vit_module.attention_distance(model, x).tolist() == [[4.0]]
