@@ -101,10 +101,11 @@ def rename_keys(
         ...     derived={"i": lambda f: f["s"] - 1},
         ... )
         {'stages.0.patch_embed.proj.weight': 1, 'stages.3.blocks.0.attn.q.bias': 2}
-        >>> rename_keys({"head.weight": 3}, table, source=0, target=1, table_name="table", supported="MiT keys")
-        Traceback (most recent call last):
-        ...
-        ValueError: no row of table maps key 'head.weight'; supported: MiT keys
+        >>> try:
+        ...     rename_keys({"head.weight": 3}, table, source=0, target=1, table_name="table", supported="MiT keys")
+        ... except ValueError as error:
+        ...     print(error)
+        no row of table maps key 'head.weight'; supported: MiT keys
     """
     given, derived = given or {}, derived or {}
     rows = [(_pattern(row[source], given), row[target]) for row in table]
