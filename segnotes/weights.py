@@ -94,7 +94,10 @@ def rename_keys(
             does not describe, better reported here than as a missing key after loading.
 
     Example:
-        >>> table = [("patch_embed{s}", "stages.{i}.patch_embed"), ("block{s}.{j}", "stages.{i}.blocks.{j}")]
+        >>> table = [
+        ...     ("patch_embed{s}", "stages.{i}.patch_embed"),
+        ...     ("block{s}.{j}", "stages.{i}.blocks.{j}"),
+        ... ]
         >>> rename_keys(
         ...     {"patch_embed1.proj.weight": 1, "block4.0.attn.q.bias": 2},
         ...     table, source=0, target=1, table_name="table", supported="MiT keys",
@@ -102,7 +105,8 @@ def rename_keys(
         ... )
         {'stages.0.patch_embed.proj.weight': 1, 'stages.3.blocks.0.attn.q.bias': 2}
         >>> try:
-        ...     rename_keys({"head.weight": 3}, table, source=0, target=1, table_name="table", supported="MiT keys")
+        ...     rename_keys({"head.weight": 3}, table, source=0, target=1,
+        ...                 table_name="table", supported="MiT keys")
         ... except ValueError as error:
         ...     print(error)
         no row of table maps key 'head.weight'; supported: MiT keys
