@@ -25,6 +25,8 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg -p
 # The second float path: torch's portable (non-SIMD) CPU kernels round differently in the last bits, so
 # trained weights differ from the first run's; every checked claim must hold on both, as on a reader's CPU.
 FLOAT_PATH := ATEN_CPU_CAPABILITY=default
+# It re-runs the notebooks that train: elsewhere no number depends on learned weights.
+TRAINING_NOTEBOOKS := $(shell grep -l fit_seeds book/*.ipynb)
 # Colab's runtime (googlecolab/backend-info, pip-freeze.gpu.txt, mid-2026), with this machine's Python.
 COLAB_VERSIONS := tests/environments/colab.txt
 REPO_URL := $(shell sed -n 's/^  url: //p' _config.yml)
@@ -79,7 +81,7 @@ nbval: $(VENV)/.test
 	$(NB_ENV) $(PY) -m pytest $(NBVAL) book -q --durations=0 --durations-min=20
 
 nbval-float-path: $(VENV)/.test
-	$(FLOAT_PATH) $(NB_ENV) $(PY) -m pytest $(NBVAL) book -q --durations=0 --durations-min=20
+	$(FLOAT_PATH) $(NB_ENV) $(PY) -m pytest $(NBVAL) $(TRAINING_NOTEBOOKS) -q --durations=0 --durations-min=20
 
 strict-build: $(VENV)/.test
 	rm -rf _build/html _build/.doctrees

@@ -9,13 +9,14 @@ order), so background work slows all of them alike; the table reports the median
 Rows:
 
 * UNet and UNet++ over MobileNetV2 with the book's slim decoder ``(64, 32, 16, 16, 8)``
-  and a 1x1 head, next to ``smp.Unet`` / ``smp.UnetPlusPlus`` built the same way, and the
-  segnotes UNet in channels_last memory format (does the layout oneDNN prefers pay off in
-  training?);
+  and a 1x1 head, next to ``smp.Unet`` / ``smp.UnetPlusPlus`` built the same way;
 * SegFormer-B0 (no stochastic depth, as the chapters train it) next to transformers'
   ``SegformerForSemanticSegmentation`` with the B0 configuration and ``smp.Segformer("mit_b0")``;
 * the plain-ViT models of chapter 6 (SETR-Naive, SETR-PUP, SETR-MLA, a UNet over the
-  DPT-style pyramid) with the book's ViT preset; no library ships them for this ViT.
+  DPT-style pyramid) with the book's ViT preset; no library ships them for this ViT;
+* UNet, SegFormer-B0 and SETR-PUP once more "as ``fit`` trains them": batches and weights in
+  the channels_last memory format and a fused AdamW (what do the two settings buy?). Every
+  other row uses the default layout and ``torch.optim.AdamW``'s default implementation.
 
 Run alone: ``.venv/bin/python benchmarks/training.py`` (prints a markdown section);
 ``SEGNOTES_BENCH_SMOKE=1`` runs one round at 32x32 with batch 4 (checks the script works).
@@ -40,6 +41,7 @@ from _models import transformers_segformer_b0  # noqa: E402
 
 SIZE, BATCH, CLASSES, ROUNDS, THREADS = 64, 16, 5, 9, 2
 DECODER = (64, 32, 16, 16, 8)
+AS_FIT = "as `fit` trains it"  # rows in channels_last with a fused AdamW, as segnotes.train.fit runs
 
 
 def builders(size: int) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
@@ -57,14 +59,15 @@ def builders(size: int) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
     book_vit = lambda: vit("book", num_classes=0, img_size=size)  # noqa: E731
     return {
         "segnotes `Unet`": ("UNet-MobileNetV2", lambda: Unet(MobileNetV2Backbone(), **unet_kwargs)),
-        "segnotes `Unet`, channels_last": (
-            "UNet-MobileNetV2",
-            lambda: Unet(MobileNetV2Backbone(), **unet_kwargs).to(memory_format=torch.channels_last),
-        ),
+        f"segnotes `Unet`, {AS_FIT}": ("UNet-MobileNetV2", lambda: Unet(MobileNetV2Backbone(), **unet_kwargs)),
         "SMP `Unet`": ("UNet-MobileNetV2", lambda: smp.Unet("mobilenet_v2", **smp_kwargs)),
         "segnotes `UnetPlusPlus`": ("UNet++-MobileNetV2", lambda: UnetPlusPlus(MobileNetV2Backbone(), **unet_kwargs)),
         "SMP `UnetPlusPlus`": ("UNet++-MobileNetV2", lambda: smp.UnetPlusPlus("mobilenet_v2", **smp_kwargs)),
         "segnotes `segformer('b0')`": (
+            "SegFormer-B0",
+            lambda: segformer("b0", num_classes=CLASSES, drop_path_rate=0.0),
+        ),
+        f"segnotes `segformer('b0')`, {AS_FIT}": (
             "SegFormer-B0",
             lambda: segformer("b0", num_classes=CLASSES, drop_path_rate=0.0),
         ),
@@ -78,6 +81,7 @@ def builders(size: int) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
         ),
         "segnotes `SetrNaive`": ("ViT (book preset) + SETR-Naive", lambda: SetrNaive(book_vit(), CLASSES)),
         "segnotes `SetrPup`": ("ViT (book preset) + SETR-PUP", lambda: SetrPup(book_vit(), CLASSES)),
+        f"segnotes `SetrPup`, {AS_FIT}": ("ViT (book preset) + SETR-PUP", lambda: SetrPup(book_vit(), CLASSES)),
         "segnotes `SetrMla`": ("ViT (book preset) + SETR-MLA", lambda: SetrMla(book_vit(), CLASSES)),
         "segnotes `Unet(ViTPyramid)`": (
             "ViT (book preset) pyramid + UNet",
@@ -104,8 +108,12 @@ def measure(
     torch.manual_seed(0)
     images = torch.rand(batch, 3, size, size)
     masks = torch.randint(0, CLASSES, (batch, size, size))
-    inputs = {n: images.to(memory_format=torch.channels_last) if "channels_last" in n else images for n in models}
-    optimizers = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
+    as_fit = {n: AS_FIT in n for n in models}
+    for n, m in models.items():
+        if as_fit[n]:
+            m.to(memory_format=torch.channels_last)
+    inputs = {n: images.contiguous(memory_format=torch.channels_last) if as_fit[n] else images for n in models}
+    optimizers = {n: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=as_fit[n] or None) for n, m in models.items()}
     for n, m in models.items():
         m.train()
         for _ in range(warmup):
@@ -156,7 +164,10 @@ def run(smoke: bool | None = None) -> str:
             f"backward, AdamW); batch {batch}, {size}x{size}, {CLASSES} classes, {THREADS} threads, "
             f"torch {torch.__version__}, {platform.machine()}; medians of {rounds} interleaved rounds. "
             'images/s = batch / median step time; "vs segnotes" > 1 means faster than segnotes\' eager model '
-            "of the same architecture." + (" SMOKE RUN: not a measurement." if smoke else "") + notes,
+            "of the same architecture (default layout, AdamW's default implementation). Rows "
+            f'"{AS_FIT}" train as `segnotes.train.fit` does: channels_last batches and weights, fused AdamW.'
+            + (" SMOKE RUN: not a measurement." if smoke else "")
+            + notes,
         ]
     )
 

@@ -184,6 +184,27 @@ def test_ignore_index_numpy_integers_and_dataloaders_leave_valid_runs_bit_identi
     assert _same_weights(plain.model, _fit(loader).model)
 
 
+def test_fit_trains_in_channels_last_with_fused_adamw_and_returns_the_default_layout(monkeypatch):
+    layouts, fused = [], []
+    original_forward, original_adamw = _Tiny.forward, torch.optim.AdamW
+
+    def forward(self, x):
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+        return original_forward(self, x)
+
+    def adamw(*args, **kwargs):
+        fused.append(kwargs.get("fused"))
+        return original_adamw(*args, **kwargs)
+
+    monkeypatch.setattr(_Tiny, "forward", forward)
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    history = _fit(_Discs(8), augment=True)
+    assert layouts and all(layouts)  # every training batch, augmented ones included
+    assert fused == [True]  # torch >= 2.4 (the lock), or a GPU
+    weight = history.model.net[0].weight
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_fit_stops_on_a_nan_loss_naming_epoch_and_step():
     data = _Discs(8)
     data.images[5, 0, 3, 3] = float("nan")
